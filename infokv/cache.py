@@ -1,0 +1,89 @@
+"""The only module that touches transformers' cache internals.
+
+A :class:`KVState` is a transformers ``DynamicCache`` plus, per layer, a boolean mask of the
+cached entries that queries may attend to. Entries are masked when they are left padding or
+filler (rows of one batch keep different numbers of tokens, so shorter rows are padded with
+masked entries). Layers may hold different numbers of entries (PyramidKV budgets).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+def cache_argument_name(model: PreTrainedModel) -> str:
+    """Name of the cache argument of ``model.forward``: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+@dataclass
+class KVState:
+    """A KV cache with per-layer validity masks.
+
+    ``valid[l]`` is a (B, T_l) bool tensor (True = attendable) or ``None`` when every entry is valid.
+    """
+
+    cache: DynamicCache
+    valid: list[torch.Tensor | None] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, model: PreTrainedModel) -> KVState:
+        layers = model.config.get_text_config(decoder=True).num_hidden_layers
+        return cls(DynamicCache(), [None] * layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.valid)
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer, each (B, H_kv, T_l, d)."""
+        cache_layer = self.cache.layers[index]
+        return cache_layer.keys, cache_layer.values
+
+    def lengths(self) -> list[int]:
+        return [self.layer(i)[0].shape[-2] for i in range(self.num_layers)]
+
+    def extend_valid(self, new_valid: torch.Tensor | None, new_tokens: int, batch: int) -> None:
+        """Record the validity of ``new_tokens`` entries about to be appended to every layer."""
+        for index, current in enumerate(self.valid):
+            if current is None and new_valid is None:
+                continue
+            past = self.cache.layers[index].get_seq_length() if index < len(self.cache.layers) else 0
+            device = new_valid.device if new_valid is not None else current.device
+            if current is None:
+                current = torch.ones(batch, past, dtype=torch.bool, device=device)
+            if new_valid is None:
+                new_valid = torch.ones(batch, new_tokens, dtype=torch.bool, device=device)
+            self.valid[index] = torch.cat([current, new_valid.to(device)], dim=-1)
+
+    def gather(self, rows: torch.Tensor, keep: list[torch.Tensor], valid: list[torch.Tensor]) -> KVState:
+        """A new state whose row r holds, per layer and KV head, the entries ``keep[l][r, h]`` of row ``rows[r]``.
+
+        ``keep[l]`` is (R, H_kv, K_l) with indices into this state's layer l; ``valid[l]`` is (R, K_l).
+        This state is left unchanged, so one full cache can be compressed many ways.
+        """
+        new_cache = DynamicCache()
+        new_valid: list[torch.Tensor | None] = []
+        for index in range(self.num_layers):
+            keys, values = self.layer(index)
+            index_tensor = keep[index].to(keys.device)
+            gather_index = index_tensor[..., None].expand(-1, -1, -1, keys.shape[-1])
+            new_keys = keys[rows].gather(2, gather_index)
+            new_values = values[rows].gather(2, gather_index.expand(-1, -1, -1, values.shape[-1]))
+            new_cache.update(new_keys, new_values, index)
+            layer_valid = valid[index].to(keys.device)
+            new_valid.append(None if bool(layer_valid.all()) else layer_valid)
+        return KVState(new_cache, new_valid)
+
+    def nbytes(self) -> int:
+        """Bytes held by keys and values over all layers."""
+        total = 0
+        for index in range(self.num_layers):
+            keys, values = self.layer(index)
+            total += keys.numel() * keys.element_size() + values.numel() * values.element_size()
+        return total

@@ -1,0 +1,192 @@
+"""The capture pass: a chunked prefill that collects every signal the selected methods need, once.
+
+Prefill runs in chunks of ``chunk`` tokens, so the logits needed for entropy and the per-layer
+hidden states needed for representation evolution never exist for more than one chunk; attention
+signals are recomputed from captured queries inside our attention function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from infokv import signals
+from infokv.cache import KVState, cache_argument_name
+from infokv.hooks import (
+    ForwardContext,
+    decoder_layers,
+    forward_context,
+    layer_output_hooks,
+    prerope_query_hooks,
+)
+from infokv.methods.base import Requirement
+from infokv.signals.attention import attention_column_sums
+from infokv.signals.entropy import chunked_entropy
+from infokv.signals.evolution import cosine_distance
+from infokv.signals.query_statistics import QueryStatistics
+
+
+def output_logits(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Final (normed) hidden states -> logits, with the model's logit soft-capping if it has one."""
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+
+    def to_logits(hidden: torch.Tensor) -> torch.Tensor:
+        logits = head(hidden)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return to_logits
+
+
+def attention_scaling(model: PreTrainedModel) -> float:
+    return float(decoder_layers(model)[0].self_attn.scaling)
+
+
+@dataclass
+class Captured:
+    """Signals of one prefilled batch (B rows, T tokens, L layers)."""
+
+    valid: torch.Tensor
+    positions: torch.Tensor
+    scaling: float
+    rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    window_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    cumulative: dict[int, torch.Tensor] = field(default_factory=dict)
+    next_entropy: dict[int, torch.Tensor] = field(default_factory=dict)
+    evolution: torch.Tensor | None = None
+    query_statistics: dict[int, QueryStatistics] = field(default_factory=dict)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.valid.sum(dim=-1)
+
+
+class Capturer:
+    """Callbacks that fill a :class:`Captured` during a chunked prefill."""
+
+    def __init__(self, captured: Captured, requirements: set[Requirement], layers: int) -> None:
+        self.captured = captured
+        self.layers = layers
+        kinds = {requirement[0] for requirement in requirements}
+        windows = [requirement[1] for requirement in requirements if requirement[0] == signals.WINDOW_QUERIES]
+        self.window = max(windows, default=0)
+        self.topks = sorted(
+            {requirement[1] for requirement in requirements if requirement[0] == signals.ENTROPY}
+        )
+        self.cumulative = signals.CUMULATIVE_ATTENTION in kinds
+        self.evolution = signals.EVOLUTION in kinds
+        self.query_statistics = signals.QUERY_STATISTICS in kinds
+        self.chunk_valid: torch.Tensor | None = None
+        self.layer_outputs: dict[int, torch.Tensor] = {}
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.window > 0 or self.cumulative
+
+    def on_attention(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None
+    ) -> None:
+        total = self.captured.valid.shape[-1]
+        first = key.shape[2] - query.shape[2]
+        if self.window > 0:
+            skip = max(0, total - self.window - first)
+            if skip < query.shape[2]:
+                self.captured.window_queries.setdefault(layer, []).append(query[:, :, skip:].detach())
+        if self.cumulative:
+            sums = attention_column_sums(query, key, valid, self.captured.scaling)
+            if layer not in self.captured.cumulative:
+                self.captured.cumulative[layer] = torch.zeros(*sums.shape[:2], total, device=sums.device)
+            self.captured.cumulative[layer][..., : key.shape[2]] += sums
+
+    def on_queries(self, layer: int, queries: torch.Tensor) -> None:
+        statistics = self.captured.query_statistics.setdefault(layer, QueryStatistics())
+        statistics.add(queries, self.chunk_valid)
+
+    def on_layer_output(self, layer: int, hidden: torch.Tensor) -> None:
+        self.layer_outputs[layer] = hidden.detach()
+
+    def finish_chunk(self, start: int, final_hidden: torch.Tensor, to_logits) -> None:
+        """Entropy and evolution for the chunk that starts at ``start``."""
+        batch, total = self.captured.valid.shape
+        stop = start + final_hidden.shape[1]
+        for topk in self.topks:
+            entropy = self.captured.next_entropy.setdefault(
+                topk, torch.zeros(batch, total, device=self.captured.valid.device)
+            )
+            entropy[:, start:stop] = chunked_entropy(final_hidden, to_logits, topk).to(entropy.device)
+        if self.evolution:
+            if self.captured.evolution is None:
+                self.captured.evolution = torch.zeros(
+                    self.layers, batch, total, device=self.captured.valid.device
+                )
+            last = self.layer_outputs[self.layers - 1]
+            for layer, hidden in self.layer_outputs.items():
+                distance = cosine_distance(hidden, last)
+                self.captured.evolution[layer, :, start:stop] = distance.to(self.captured.evolution.device)
+        self.layer_outputs.clear()
+
+
+def prefill(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    valid: torch.Tensor,
+    requirements: set[Requirement],
+    chunk: int = 4096,
+) -> tuple[KVState, Captured, torch.Tensor]:
+    """Prefill left-padded ``input_ids`` (B, T) in chunks, capturing the required signals.
+
+    Returns the full cache, the captured signals and the logits (B, V) at the last position.
+    """
+    batch, total = input_ids.shape
+    positions = (valid.long().cumsum(dim=-1) - 1).clamp_min(0)
+    layers = len(decoder_layers(model))
+    captured = Captured(valid=valid, positions=positions, scaling=attention_scaling(model))
+    captured.rotary = _rotary(model)
+    capturer = Capturer(captured, requirements, layers)
+    state = KVState.empty(model)
+    base = model.base_model
+    to_logits = output_logits(model)
+    cache_name = cache_argument_name(base)
+    has_padding = not bool(valid.all())
+    on_attention = capturer.on_attention if capturer.needs_attention else None
+    hidden = None
+    with torch.inference_mode(), contextlib.ExitStack() as hooks:
+        if capturer.evolution:
+            hooks.enter_context(layer_output_hooks(model, capturer.on_layer_output))
+        if capturer.query_statistics:
+            hooks.enter_context(prerope_query_hooks(model, capturer.on_queries))
+        for start in range(0, total, chunk):
+            stop = min(total, start + chunk)
+            capturer.chunk_valid = valid[:, start:stop] if has_padding else None
+            state.extend_valid(capturer.chunk_valid, stop - start, batch)
+            with forward_context(model, ForwardContext(state, on_attention)):
+                output = base(
+                    input_ids=input_ids[:, start:stop],
+                    position_ids=positions[:, start:stop],
+                    use_cache=True,
+                    **{cache_name: state.cache},
+                )
+            hidden = output.last_hidden_state
+            capturer.finish_chunk(start, hidden, to_logits)
+        last_logits = to_logits(hidden[:, -1]).float()
+    return state, captured, last_logits
+
+
+def _rotary(model: PreTrainedModel) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """cos, sin (B, n, d) of the model's RoPE at positions (B, n), or None for models without RoPE."""
+    rotary = getattr(model.base_model, "rotary_emb", None)
+    if rotary is None:
+        return None
+
+    def rotate(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probe = torch.zeros(1, dtype=torch.float32, device=positions.device)
+        cos, sin = rotary(probe, positions)
+        return cos.float(), sin.float()
+
+    return rotate

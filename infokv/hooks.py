@@ -1,0 +1,215 @@
+"""Hooks into a transformers model: our attention function and forward hooks on decoder layers.
+
+Together with :mod:`infokv.cache` this is the only code that knows transformers internals.
+While a :class:`ForwardContext` is active, the model's attention runs through
+:func:`infokv_attention`, which
+
+* builds its mask from the :class:`~infokv.cache.KVState` validity masks (left padding, filler
+  entries of shorter rows, per-layer cache lengths) and the causal order of the new queries, so
+  a compressed cache of any per-layer length can be attended with explicit positions, and
+* hands the post-RoPE queries and the keys to a capture callback, so attention-based signals
+  are recomputed for the few queries that need them instead of asking for ``eager`` weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+
+from infokv.cache import KVState
+
+ATTENTION_NAME = "infokv"
+SUPPORTED_ATTENTION = ("sdpa", "flash_attention_2")
+
+AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None]
+
+
+@dataclass
+class ForwardContext:
+    """What our attention function needs to know during one forward pass."""
+
+    state: KVState
+    on_attention: AttentionCallback | None = None
+    backend: str = "sdpa"
+
+
+_ACTIVE: contextvars.ContextVar[ForwardContext | None] = contextvars.ContextVar(
+    "infokv_forward", default=None
+)
+
+
+def check_attention_implementation(model: PreTrainedModel) -> str:
+    """The model's attention implementation, or a one-line error if we cannot score with it."""
+    implementation = model.config._attn_implementation
+    if implementation == ATTENTION_NAME:
+        return "sdpa"
+    if implementation not in SUPPORTED_ATTENTION:
+        raise ValueError(
+            f"attention implementation {implementation!r} is not supported; load the model with "
+            f"attn_implementation in {SUPPORTED_ATTENTION}"
+        )
+    return implementation
+
+
+def check_full_attention_layers(model: PreTrainedModel) -> None:
+    """Reject models with sliding-window or linear-attention layers, whose caches we do not compress yet."""
+    text_config = model.config.get_text_config(decoder=True)
+    layer_types = getattr(text_config, "layer_types", None) or []
+    other = sorted({kind for kind in layer_types if kind != "full_attention"})
+    if other:
+        raise ValueError(f"model has layer types {other}; only 'full_attention' layers are supported")
+
+
+def attention_mask_for(
+    valid: torch.Tensor | None, queries: int, keys: int, device: torch.device
+) -> torch.Tensor:
+    """Boolean (B or 1, 1, q, k) mask: query j sits at key index k - q + j and sees valid keys up to itself.
+
+    A query always sees itself, so padding queries never produce an all-masked row (NaN).
+    """
+    query_index = torch.arange(keys - queries, keys, device=device)[:, None]
+    key_index = torch.arange(keys, device=device)[None, :]
+    causal = key_index <= query_index
+    if valid is None:
+        return causal[None, None]
+    return ((causal[None] & valid[:, None, :]) | (key_index == query_index)[None])[:, None]
+
+
+def _repeat_heads(states: torch.Tensor, repeats: int) -> torch.Tensor:
+    return states if repeats == 1 else states.repeat_interleave(repeats, dim=1)
+
+
+def _flash_attention(module, query, key, value, scaling, **kwargs) -> torch.Tensor:
+    from transformers.integrations.flash_attention import flash_attention_forward
+
+    output, _ = flash_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
+    return output
+
+
+def infokv_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention of (B, H_q, q, d) queries over (B, H_kv, k, d) keys with masks from the active context."""
+    context = _ACTIVE.get()
+    if context is None:
+        raise RuntimeError("infokv attention called outside of an infokv forward context")
+    layer = module.layer_idx
+    valid = context.state.valid[layer]
+    queries, keys = query.shape[2], key.shape[2]
+    if valid is not None and valid.shape[-1] != keys:
+        raise RuntimeError(f"layer {layer}: validity mask covers {valid.shape[-1]} entries, cache has {keys}")
+    if context.on_attention is not None:
+        context.on_attention(layer, query, key, valid)
+    repeats = query.shape[1] // key.shape[1]
+    trivial_mask = valid is None and (queries == 1 or queries == keys)
+    if trivial_mask and context.backend == "flash_attention_2":
+        return _flash_attention(module, query, key, value, scaling, **kwargs), None
+    if trivial_mask and query.is_cuda:
+        output = F.scaled_dot_product_attention(
+            query, key, value, is_causal=queries > 1, scale=scaling, enable_gqa=repeats > 1
+        )
+    elif trivial_mask:
+        output = F.scaled_dot_product_attention(
+            query,
+            _repeat_heads(key, repeats),
+            _repeat_heads(value, repeats),
+            is_causal=queries > 1,
+            scale=scaling,
+        )
+    else:
+        mask = attention_mask_for(valid, queries, keys, query.device)
+        output = F.scaled_dot_product_attention(
+            query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
+        )
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, infokv_attention)
+
+
+@contextlib.contextmanager
+def forward_context(model: PreTrainedModel, context: ForwardContext) -> Iterator[None]:
+    """Run the model's attention through :func:`infokv_attention` with ``context`` for the duration."""
+    config = model.config
+    previous = config._attn_implementation
+    context.backend = check_attention_implementation(model)
+    config._attn_implementation = ATTENTION_NAME
+    token = _ACTIVE.set(context)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+        config._attn_implementation = previous
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The decoder layers of a causal LM (``model.model.layers`` for Llama, Qwen2, ...)."""
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no decoder layers at base_model.layers")
+    return layers
+
+
+@contextlib.contextmanager
+def layer_output_hooks(
+    model: PreTrainedModel, callback: Callable[[int, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call ``callback(layer, residual_stream)`` with each decoder layer's output (B, q, hidden)."""
+
+    def make_hook(index: int):
+        def hook(module: nn.Module, args, output) -> None:
+            callback(index, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(decoder_layers(model))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def prerope_query_hooks(
+    model: PreTrainedModel, callback: Callable[[int, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call ``callback(layer, queries)`` with each layer's pre-RoPE queries (B, q, H_q, d).
+
+    The hook sits on ``q_norm`` when the architecture normalises queries (Qwen3, Gemma3), else on ``q_proj``.
+    """
+    text_config = model.config.get_text_config(decoder=True)
+    head_dim = (
+        getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    )
+
+    def make_hook(index: int):
+        def hook(module: nn.Module, args, output: torch.Tensor) -> None:
+            callback(index, output.reshape(*output.shape[:2], -1, head_dim))
+
+        return hook
+
+    handles = []
+    for index, layer in enumerate(decoder_layers(model)):
+        attention = layer.self_attn
+        target = getattr(attention, "q_norm", None) or attention.q_proj
+        handles.append(target.register_forward_hook(make_hook(index)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,42 @@
+"""Compression methods, one per file; :func:`get` builds one by name."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from infokv.methods.base import Method
+from infokv.methods.expected_attention import ExpectedAttention
+from infokv.methods.full import Full
+from infokv.methods.h2o import H2O
+from infokv.methods.infokv import InfoKV
+from infokv.methods.pyramidkv import PyramidKV
+from infokv.methods.snapkv import SnapKV
+from infokv.methods.streamingllm import StreamingLLM
+
+_REGISTRY: dict[str, type[Method]] = {
+    cls.name: cls for cls in (Full, StreamingLLM, H2O, SnapKV, PyramidKV, ExpectedAttention, InfoKV)
+}
+
+
+def available() -> list[str]:
+    """Names of every method."""
+    return list(_REGISTRY)
+
+
+def get(name: str | Method, **params: object) -> Method:
+    """Build method ``name`` with ``params``; unknown names or parameters fail with one line."""
+    if isinstance(name, Method):
+        return dataclasses.replace(name, **params) if params else name
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
+    cls = _REGISTRY[name]
+    allowed = [field.name for field in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"method {name!r} has no parameter {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+        )
+    return cls(**params)
+
+
+__all__ = ["Method", "available", "get"]

@@ -1,0 +1,70 @@
+"""The interface every compression method implements."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from infokv.budget import LAYER_BUDGETS, Budget, layer_schedule
+
+if TYPE_CHECKING:
+    from infokv.scoring import LayerView
+
+Requirement = tuple
+"""A hashable signal request, e.g. ``("window_queries", 32)`` or ``("entropy", 256)``."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A KV-cache compression method: scores per layer and KV head, then a top-budget selection.
+
+    ``sink`` first tokens and the last ``window`` tokens are always kept and count toward the budget.
+    """
+
+    name: ClassVar[str] = ""
+    sink: int = 4
+    window: int = 32
+    layer_budget: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.sink < 0 or self.window < 0:
+            raise ValueError(f"{self.name}: sink={self.sink} and window={self.window} must be >= 0")
+        if self.layer_budget not in LAYER_BUDGETS:
+            raise ValueError(f"{self.name}: layer_budget {self.layer_budget!r} is not one of {LAYER_BUDGETS}")
+
+    @property
+    def floor(self) -> int:
+        """Tokens always kept: ``sink + window``."""
+        return self.sink + self.window
+
+    @property
+    def evicts(self) -> bool:
+        return True
+
+    def requirements(self) -> set[Requirement]:
+        """Signals the capture pass must collect for this method."""
+        return set()
+
+    def keep_counts(self, budget: Budget, lengths: torch.Tensor, layers: int) -> list[torch.Tensor]:
+        """Tokens to keep per layer, per row: list of L tensors (B,)."""
+        keep = budget.per_row(lengths, self.floor)
+        schedule = layer_schedule(self.layer_budget, keep, layers, self.window, getattr(self, "beta", 20.0))
+        # A budget at or above a row's length evicts nothing from that row, whatever the schedule.
+        whole = keep >= lengths
+        return [
+            torch.where(whole, lengths, torch.minimum(counts.clamp_min(self.floor), lengths))
+            for counts in schedule
+        ]
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        """Scores (B, H_kv, T) for one layer; higher is kept first."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    def label(self) -> str:
+        return self.name

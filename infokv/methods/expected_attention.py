@@ -1,0 +1,58 @@
+"""Expected Attention (Devoto et al. 2025): attention that future queries are expected to pay.
+
+Pre-RoPE prompt queries of query head g have mean μ and covariance Σ. Rotating them by RoPE
+averaged over the next n positions, R̄ = (1/n) Σ_{p=T}^{T+n−1} R(p), gives μ̄ = R̄ μ, Σ̄ = R̄ Σ R̄ᵀ,
+and for a key k_i (post-RoPE, as cached) the expected attention logit under a Gaussian query
+
+    z_i^(g) = k_i · μ̄ / √d + ½ k_iᵀ Σ̄ k_i / d,
+
+    S_i^(h) = mean_{g∈G(h)} softmax_i(z^(g))_i · ‖v_i‖      (‖v_i‖ when ``use_vnorm``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from infokv import signals
+from infokv.methods.base import Method, Requirement
+
+
+@dataclass(frozen=True)
+class ExpectedAttention(Method):
+    name = "expected_attention"
+    sink: int = 4
+    window: int = 0
+    n_future: int = 512
+    use_covariance: bool = True
+    use_vnorm: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_future < 1:
+            raise ValueError(f"expected_attention: n_future={self.n_future} must be >= 1")
+
+    def requirements(self) -> set[Requirement]:
+        return {(signals.QUERY_STATISTICS,)}
+
+    def score(self, view) -> torch.Tensor:
+        mean, covariance = view.query_statistics()
+        rotation = view.future_rotation(self.n_future)
+        mean = torch.einsum("bde,bhe->bhd", rotation, mean)
+        keys = view.keys.float()
+        batch, kv_heads, length, dim = keys.shape
+        groups = mean.shape[1] // kv_heads
+        grouped_keys = keys[:, :, None].expand(batch, kv_heads, groups, length, dim)
+        grouped_mean = mean.reshape(batch, kv_heads, groups, dim)
+        logits = torch.einsum("bhgtd,bhgd->bhgt", grouped_keys, grouped_mean) * view.scaling
+        if self.use_covariance:
+            covariance = torch.einsum("bde,bhef,bgf->bhdg", rotation, covariance, rotation)
+            grouped_cov = covariance.reshape(batch, kv_heads, groups, dim, dim)
+            quadratic = torch.einsum("bhtd,bhgde,bhte->bhgt", keys, grouped_cov, keys)
+            logits = logits + 0.5 * quadratic * view.scaling**2
+        logits = logits.masked_fill(~view.valid[:, None, None, :], float("-inf"))
+        scores = logits.softmax(dim=-1).mean(dim=2)
+        if self.use_vnorm:
+            scores = scores * view.values.float().norm(dim=-1)
+        return scores

@@ -1,0 +1,68 @@
+"""InfoKV: attention fused with predictive entropy and representation evolution.
+
+For layer l, KV head h and token i, with H_i the top-k predictive entropy, D_i^(l) the cosine
+distance of the token's residual stream at layer l from its final one, and A_i^(l,h) the SnapKV
+window attention normalised to Σ_i A_i = 1:
+
+    E_i^(l)   = (D_i^(l) + τ) · H_i
+    S_i^(l,h) = α · A_i^(l,h) + (1 − α) · softmax_i(E^(l))_i
+
+α = 1 reproduces SnapKV's selection exactly; α = 0 keeps the top tokens of softmax(E).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from infokv import signals
+from infokv.methods.base import Requirement
+from infokv.methods.snapkv import SnapKV
+from infokv.signals.entropy import POSITIONS
+
+
+def combine(
+    attention: torch.Tensor,
+    entropy: torch.Tensor,
+    evolution: torch.Tensor,
+    alpha: float,
+    tau: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """S (B, H_kv, T) from attention (B, H_kv, T), entropy H (B, T) and evolution D (B, T) of one layer.
+
+    ``valid`` (B, T) excludes padding from the softmax over tokens.
+    """
+    information = (evolution.float() + tau) * entropy.float()
+    if valid is not None:
+        information = information.masked_fill(~valid, float("-inf"))
+    information = information.softmax(dim=-1)
+    if valid is not None:
+        information = torch.nan_to_num(information, nan=0.0)
+    return alpha * attention.float() + (1.0 - alpha) * information[:, None, :]
+
+
+@dataclass(frozen=True)
+class InfoKV(SnapKV):
+    name = "infokv"
+    alpha: float = 0.9
+    tau: float = 1.0
+    entropy_topk: int = 256
+    entropy_position: str = "producing"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"infokv: alpha={self.alpha} must be in [0, 1]")
+        if self.entropy_topk < 0:
+            raise ValueError(f"infokv: entropy_topk={self.entropy_topk} must be >= 0 (0 = full vocabulary)")
+        if self.entropy_position not in POSITIONS:
+            raise ValueError(f"infokv: entropy_position {self.entropy_position!r} is not one of {POSITIONS}")
+
+    def requirements(self) -> set[Requirement]:
+        return super().requirements() | {(signals.ENTROPY, self.entropy_topk), (signals.EVOLUTION,)}
+
+    def score(self, view) -> torch.Tensor:
+        entropy = view.entropy(self.entropy_topk, self.entropy_position)
+        return combine(self.attention(view), entropy, view.evolution(), self.alpha, self.tau, view.valid)

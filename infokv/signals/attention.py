@@ -1,0 +1,121 @@
+"""Attention signals recomputed from captured queries, never from ``eager`` attention weights.
+
+Window attention (SnapKV): for the last ``w`` queries ``q_j`` and every key ``k_i``
+
+    a_{j,i} = softmax_i(q_j · k_i · s + m_{j,i}),    A_i = P( Σ_j a_{j,i} )
+
+with scale ``s``, mask ``m`` (causal, padding), fp32 softmax over the full row, ``P`` a 1-D pool
+over positions; query heads of a GQA group are then reduced to their KV head and A is
+normalised to Σ_i A_i = 1.
+
+Cumulative attention (H2O): ``C_i = Σ_j a_{j,i}`` over every query j seen, accumulated in blocks
+of queries so no (T × T) tensor exists.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+POOLINGS = ("max", "avg", "none")
+REDUCTIONS = ("mean", "max")
+_BLOCK_ELEMENTS = 1 << 26
+
+
+def _masked_logits(
+    query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None, first_query: int, scaling: float
+) -> torch.Tensor:
+    """fp32 logits (B, H_kv, g, q, k) of queries at key indices ``first_query + j``; masked entries -inf."""
+    batch, query_heads, queries, dim = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, queries, dim)
+    logits = torch.matmul(grouped, key[:, :, None].transpose(-1, -2)).float() * scaling
+    query_index = torch.arange(first_query, first_query + queries, device=query.device)[:, None]
+    key_index = torch.arange(keys, device=query.device)[None, :]
+    allowed = key_index <= query_index
+    if valid is not None:
+        allowed = (allowed[None] & valid[:, None, :]) | (key_index == query_index)[None]
+        allowed = allowed[:, None, None]
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
+def _query_weights(valid: torch.Tensor | None, first_query: int, queries: int) -> torch.Tensor | None:
+    """(B, 1, 1, q, 1) weights that drop padding queries, or None."""
+    if valid is None:
+        return None
+    return valid[:, first_query : first_query + queries].float()[:, None, None, :, None]
+
+
+def attention_column_sums(
+    query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """Σ_j softmax_i(q_j·k_i·s) over the q queries (the last q of the k keys), per query head: (B, H_q, k).
+
+    Queries are processed in blocks sized to keep the fp32 logits near 256 MiB.
+    """
+    batch, query_heads, queries, _ = query.shape
+    keys = key.shape[2]
+    first = keys - queries
+    block = max(1, _BLOCK_ELEMENTS // max(1, batch * query_heads * keys))
+    total = torch.zeros(batch, key.shape[1], query_heads // key.shape[1], keys, device=query.device)
+    for start in range(0, queries, block):
+        stop = min(queries, start + block)
+        probabilities = _masked_logits(query[:, :, start:stop], key, valid, first + start, scaling).softmax(
+            -1
+        )
+        weights = _query_weights(valid, first + start, stop - start)
+        if weights is not None:
+            probabilities = probabilities * weights
+        total += probabilities.sum(dim=3)
+    return total.reshape(batch, query_heads, keys)
+
+
+def pool_positions(scores: torch.Tensor, pooling: str, kernel: int) -> torch.Tensor:
+    """1-D pooling of (B, H, T) scores over positions, stride 1, same length."""
+    if pooling == "none" or kernel <= 1:
+        return scores
+    batch, heads, length = scores.shape
+    flat = scores.reshape(batch * heads, 1, length)
+    padding = kernel // 2
+    if pooling == "max":
+        pooled = F.max_pool1d(flat, kernel, stride=1, padding=padding)
+    elif pooling == "avg":
+        pooled = F.avg_pool1d(flat, kernel, stride=1, padding=padding, count_include_pad=False)
+    else:
+        raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+    return pooled[..., :length].reshape(batch, heads, length)
+
+
+def reduce_heads(scores: torch.Tensor, kv_heads: int, reduction: str) -> torch.Tensor:
+    """(B, H_q, T) -> (B, H_kv, T): reduce the query heads of each GQA group."""
+    batch, query_heads, length = scores.shape
+    grouped = scores.reshape(batch, kv_heads, query_heads // kv_heads, length)
+    if reduction == "mean":
+        return grouped.mean(dim=2)
+    if reduction == "max":
+        return grouped.amax(dim=2)
+    raise ValueError(f"reduction {reduction!r} is not one of {REDUCTIONS}")
+
+
+def normalise(scores: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Scale (B, H, T) scores so they sum to 1 over the valid positions of each row."""
+    if valid is not None:
+        scores = scores * valid[:, None, :].float()
+    return scores / scores.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+
+
+def window_attention(
+    window_queries: torch.Tensor,
+    key: torch.Tensor,
+    valid: torch.Tensor | None,
+    scaling: float,
+    window: int,
+    pooling: str,
+    kernel: int,
+    reduction: str,
+) -> torch.Tensor:
+    """SnapKV attention (B, H_kv, T) of the last ``window`` queries, pooled, GQA-reduced, normalised."""
+    queries = window_queries[:, :, -window:]
+    summed = attention_column_sums(queries, key, valid, scaling)
+    pooled = pool_positions(summed, pooling, kernel)
+    return normalise(reduce_heads(pooled, key.shape[1], reduction), valid)

@@ -16,7 +16,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 
 def cache_argument_name(model: PreTrainedModel) -> str:
-    """Name of the cache argument of ``model.forward``: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    """The cache argument of ``model.forward``: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
     parameters = inspect.signature(model.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
@@ -62,7 +62,7 @@ class KVState:
             self.valid[index] = torch.cat([current, new_valid.to(device)], dim=-1)
 
     def gather(self, rows: torch.Tensor, keep: list[torch.Tensor], valid: list[torch.Tensor]) -> KVState:
-        """A new state whose row r holds, per layer and KV head, the entries ``keep[l][r, h]`` of row ``rows[r]``.
+        """A new state: row r holds, per layer and KV head, the entries ``keep[l][r, h]`` of row ``rows[r]``.
 
         ``keep[l]`` is (R, H_kv, K_l) with indices into this state's layer l; ``valid[l]`` is (R, K_l).
         This state is left unchanged, so one full cache can be compressed many ways.

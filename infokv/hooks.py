@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface, PreTrainedModel
 
 from infokv.cache import KVState
@@ -131,7 +132,11 @@ def infokv_attention(
             scale=scaling,
         )
     else:
-        mask = attention_mask_for(valid, queries, keys, query.device)
+        mask = (
+            causal_lower_right(queries, keys)
+            if valid is None and query.is_cuda
+            else attention_mask_for(valid, queries, keys, query.device)
+        )
         output = F.scaled_dot_product_attention(
             query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
         )

@@ -80,6 +80,26 @@ class KVState:
             new_valid.append(None if bool(layer_valid.all()) else layer_valid)
         return KVState(new_cache, new_valid)
 
+    def select_rows(self, rows: torch.Tensor) -> KVState:
+        """A new state holding only batch rows ``rows`` (1-D index tensor)."""
+        new_cache = DynamicCache()
+        for index in range(self.num_layers):
+            keys, values = self.layer(index)
+            new_cache.update(keys[rows], values[rows], index)
+        return KVState(new_cache, [None if valid is None else valid[rows] for valid in self.valid])
+
+    def valid_counts(self) -> torch.Tensor:
+        """(L, B) attendable entries per layer and row."""
+        counts = []
+        for index, valid in enumerate(self.valid):
+            keys = self.layer(index)[0]
+            counts.append(
+                torch.full((keys.shape[0],), keys.shape[2], device=keys.device)
+                if valid is None
+                else valid.sum(-1)
+            )
+        return torch.stack(counts)
+
     def nbytes(self) -> int:
         """Bytes held by keys and values over all layers."""
         total = 0

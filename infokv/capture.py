@@ -147,7 +147,7 @@ def prefill(
     positions = (valid.long().cumsum(dim=-1) - 1).clamp_min(0)
     layers = len(decoder_layers(model))
     captured = Captured(valid=valid, positions=positions, scaling=attention_scaling(model))
-    captured.rotary = _rotary(model)
+    captured.rotary = rotary_function(model)
     capturer = Capturer(captured, requirements, layers)
     state = KVState.empty(model)
     base = model.base_model
@@ -178,7 +178,9 @@ def prefill(
     return state, captured, last_logits
 
 
-def _rotary(model: PreTrainedModel) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+def rotary_function(
+    model: PreTrainedModel,
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
     """cos, sin (B, n, d) of the model's RoPE at positions (B, n), or None for models without RoPE."""
     rotary = getattr(model.base_model, "rotary_emb", None)
     if rotary is None:

@@ -20,6 +20,8 @@ from infokv import methods
 from infokv.budget import Budget
 from infokv.cache import KVState, cache_argument_name
 from infokv.capture import Captured, output_logits, prefill
+from infokv.decode_signals import DecodeTracker, entries_from_prefill
+from infokv.decoding import DecodeBatch, DecodeCompression, decode
 from infokv.hooks import (
     ForwardContext,
     check_attention_implementation,
@@ -29,7 +31,7 @@ from infokv.hooks import (
 from infokv.methods.base import Method
 from infokv.sampling import Sampler
 from infokv.scoring import LayerView
-from infokv.selection import Selection, forced_mask, select
+from infokv.selection import Selection, combine_groups, forced_mask, select
 
 Prompt = str | tuple[str, str]
 COMPRESS_MODES = ("prompt", "context_only")
@@ -37,21 +39,40 @@ COMPRESS_MODES = ("prompt", "context_only")
 
 @dataclass(frozen=True)
 class Setting:
-    """One (method, budget) pair of a sweep."""
+    """One configuration of a sweep: a prefill (method, budget) and an optional decoding compression."""
 
     method: Method
     budget: Budget
+    decode: DecodeCompression | None = None
 
     @classmethod
-    def build(cls, method: str | Method, budget: float | int | str | Budget) -> Setting:
+    def build(
+        cls,
+        method: str | Method,
+        budget: float | int | str | Budget,
+        decode_method: str | Method | None = None,
+        decode_ratio: float = 0.25,
+        compress_every: int = 1024,
+        compress_prompt: bool = False,
+    ) -> Setting:
         resolved = methods.get(method)
+        if "prefill" not in resolved.phases:
+            raise ValueError(
+                f"method {resolved.name!r} cannot compress a prefill; "
+                f"use one of {methods.available('prefill')}"
+            )
         parsed = Budget.parse(budget)
         if resolved.evicts:
             parsed.check_floor(resolved.floor)
-        return cls(resolved, parsed)
+        decode = None
+        if decode_method is not None:
+            decode = DecodeCompression.build(decode_method, decode_ratio, compress_every, compress_prompt)
+            decode = decode if decode.method.evicts else None
+        return cls(resolved, parsed, decode)
 
     def label(self) -> str:
-        return f"{self.method.label()}@{self.budget.label()}"
+        prefill = f"{self.method.label()}@{self.budget.label()}"
+        return prefill if self.decode is None else f"{prefill}+{self.decode.label()}"
 
 
 @dataclass
@@ -157,17 +178,6 @@ def select_layer(view: LayerView, setting: Setting, keep: torch.Tensor) -> Selec
     return select(scores, view.valid, keep, forced)
 
 
-def _front_fill(selection: Selection, width: int) -> Selection:
-    """Widen a selection to ``width`` entries with masked filler at the front."""
-    extra = width - selection.indices.shape[-1]
-    if extra == 0:
-        return selection
-    batch, heads, _ = selection.indices.shape
-    filler = torch.zeros(batch, heads, extra, dtype=selection.indices.dtype, device=selection.indices.device)
-    invalid = torch.zeros(batch, extra, dtype=torch.bool, device=selection.valid.device)
-    return Selection(torch.cat([filler, selection.indices], -1), torch.cat([invalid, selection.valid], -1))
-
-
 def compress_settings(
     state: KVState, captured: Captured, settings: Sequence[Setting]
 ) -> tuple[KVState, list[list[Selection]]]:
@@ -180,12 +190,7 @@ def compress_settings(
         view = LayerView(state, captured, layer, memo={})
         for index, setting in enumerate(settings):
             per_setting[index].append(select_layer(view, setting, keeps[index][layer].to(lengths.device)))
-    combined_indices, combined_valid = [], []
-    for layer in range(layers):
-        width = max(selections[layer].indices.shape[-1] for selections in per_setting)
-        filled = [_front_fill(selections[layer], width) for selections in per_setting]
-        combined_indices.append(torch.cat([selection.indices for selection in filled]))
-        combined_valid.append(torch.cat([selection.valid for selection in filled]))
+    combined_indices, combined_valid = combine_groups(per_setting)
     batch = captured.valid.shape[0]
     rows = torch.arange(batch, device=captured.valid.device).repeat(len(settings))
     return state.gather(rows, combined_indices, combined_valid), per_setting
@@ -222,32 +227,6 @@ def forward_tokens(
     return output_logits(model)(output.last_hidden_state[:, -1]).float()
 
 
-def decode(
-    model: PreTrainedModel,
-    state: KVState,
-    logits: torch.Tensor,
-    positions: torch.Tensor,
-    max_new_tokens: int,
-    sampler: Sampler,
-    stop_ids: Sequence[int],
-    pad_id: int,
-) -> torch.Tensor:
-    """Generate up to ``max_new_tokens`` per row; rows that stopped produce ``pad_id``. Returns (R, n)."""
-    stops = torch.tensor(list(stop_ids), device=logits.device, dtype=torch.long)
-    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-    generated = []
-    for step in range(max_new_tokens):
-        token = sampler(logits)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        generated.append(token)
-        finished |= torch.isin(token, stops)
-        if step == max_new_tokens - 1 or bool(finished.all()):
-            break
-        logits = forward_tokens(model, state, token[:, None], positions[:, None])
-        positions = positions + 1
-    return torch.stack(generated, dim=1)
-
-
 def _trim(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:
     for index, token in enumerate(tokens):
         if token in stop_ids:
@@ -264,11 +243,38 @@ def _seeds(seed: int | Sequence[int], count: int) -> list[int]:
     return seeds
 
 
+REASONING_PROTOCOL = {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 32768}
+"""Sampling protocol of the long-decoding scenario (reasoning models)."""
+
+SettingSpec = tuple | Setting
+
+
+def build_settings(
+    settings: Sequence[SettingSpec], compress_every: int = 1024, compress_prompt: bool = False
+) -> list[Setting]:
+    """Settings from ``(method, budget)`` or ``(method, budget, decode_method, decode_ratio)`` tuples."""
+    if isinstance(settings, str | tuple) or not settings:
+        raise ValueError(
+            "settings must be a non-empty list of (method, budget[, decode_method, decode_ratio])"
+        )
+    built = []
+    for spec in settings:
+        if isinstance(spec, Setting):
+            built.append(spec)
+        elif isinstance(spec, tuple | list) and len(spec) in (2, 4):
+            built.append(Setting.build(*spec, compress_every=compress_every, compress_prompt=compress_prompt))
+        else:
+            raise ValueError(
+                f"setting {spec!r} is not (method, budget) or (method, budget, decode_method, ratio)"
+            )
+    return built
+
+
 def generate_sweep(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
-    settings: Sequence[tuple[str | Method, float | int | str | Budget]],
+    settings: Sequence[SettingSpec],
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -276,39 +282,58 @@ def generate_sweep(
     compress: str = "prompt",
     batch_size: int | None = None,
     prefill_chunk: int = 4096,
+    samples: int = 1,
+    compress_every: int = 1024,
+    compress_prompt: bool = False,
+    stop_at_eos: bool = True,
 ) -> list[list[Completion]]:
-    """Completions for every (method, budget) setting and prompt: ``result[setting][prompt]``.
+    """Completions for every setting and prompt: ``result[setting][prompt · samples + sample]``.
 
-    Each batch of prompts is prefilled once; every setting compresses the same full cache.
+    Each batch of prompts is prefilled once; every setting compresses the same full cache and all
+    settings decode together. ``samples`` > 1 draws that many completions per prompt, sample i
+    with seed ``seed + i`` (or ``seed[prompt] + i``).
     """
-    resolved = [Setting.build(method, budget) for method, budget in settings]
-    if not resolved:
-        raise ValueError("settings is empty; give at least one (method, budget) pair")
+    resolved = build_settings(settings, compress_every, compress_prompt)
     tokenized = tokenize(tokenizer, prompts, compress)
     check_lengths(model, tokenized, max_new_tokens)
-    seeds = _seeds(seed, len(tokenized))
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples {samples!r} must be an integer >= 1")
+    seeds = [base + index for base in _seeds(seed, len(tokenized)) for index in range(samples)]
+    tokenized = [item for item in tokenized for _ in range(samples)]
     Sampler(temperature, top_p, [], torch.device("cpu"))
     if prefill_chunk < 1:
         raise ValueError(f"prefill_chunk {prefill_chunk} must be >= 1")
     check_model(model)
     step = batch_size or len(tokenized)
+    options = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "prefill_chunk": prefill_chunk,
+        "stop_at_eos": stop_at_eos,
+    }
     results: list[list[Completion]] = [[] for _ in resolved]
     for start in range(0, len(tokenized), step):
-        batch = tokenized[start : start + step]
         outputs = _run_batch(
             model,
             tokenizer,
-            batch,
+            tokenized[start : start + step],
             resolved,
-            max_new_tokens,
-            temperature,
-            top_p,
             seeds[start : start + step],
-            prefill_chunk,
+            **options,
         )
         for index, completions in enumerate(outputs):
             results[index].extend(completions)
     return results
+
+
+def _requirements(settings: Sequence[Setting]) -> tuple[set, set]:
+    """Signals to capture at prefill, and while decoding."""
+    prefill_needs = set().union(*(setting.method.requirements() for setting in settings))
+    decode_needs = set().union(*(s.decode.method.requirements() for s in settings if s.decode is not None))
+    if any(s.decode is not None and s.decode.compress_prompt for s in settings):
+        prefill_needs |= decode_needs
+    return prefill_needs, decode_needs
 
 
 def _run_batch(
@@ -316,41 +341,55 @@ def _run_batch(
     tokenizer: PreTrainedTokenizerBase,
     batch: Sequence[Tokenized],
     settings: Sequence[Setting],
+    seeds: Sequence[int],
     max_new_tokens: int,
     temperature: float,
     top_p: float,
-    seeds: Sequence[int],
     prefill_chunk: int,
+    stop_at_eos: bool,
 ) -> list[list[Completion]]:
     device = model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    requirements = set().union(*(setting.method.requirements() for setting in settings))
+    prefill_needs, decode_needs = _requirements(settings)
     input_ids, valid = left_pad([item.context for item in batch], pad_id, device)
     clock = time.perf_counter()
-    state, captured, last_logits = prefill(model, input_ids, valid, requirements, prefill_chunk)
+    state, captured, last_logits = prefill(model, input_ids, valid, prefill_needs, prefill_chunk)
     prefill_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     with torch.inference_mode():
-        rows, selections = compress_settings(state, captured, settings)
+        rows_state, selections = compress_settings(state, captured, settings)
+        copies = len(settings)
+        rows = torch.arange(len(batch), device=device).repeat(copies)
+        indices = combine_groups(selections)[0]
+        query_heads = model.config.get_text_config(decoder=True).num_attention_heads
+        layers = entries_from_prefill(captured, rows, indices, decode_needs, query_heads)
     del state
     compress_seconds = time.perf_counter() - clock
-    copies = len(settings)
     positions = captured.lengths.repeat(copies)
+    prompt_lengths = positions.clone()
+    tracker = DecodeTracker(decode_needs, layers, captured.scaling)
     clock = time.perf_counter()
     with torch.inference_mode():
         if any(item.question for item in batch):
             question_ids, question_valid = left_pad([item.question for item in batch], pad_id, device)
             question_ids, question_valid = question_ids.repeat(copies, 1), question_valid.repeat(copies, 1)
-            question_positions = positions[:, None] + question_valid.long().cumsum(dim=-1) - 1
-            logits = forward_tokens(
-                model, rows, question_ids, question_positions.clamp_min(0), question_valid
-            )
+            question_positions = (positions[:, None] + question_valid.long().cumsum(dim=-1) - 1).clamp_min(0)
+            logits = forward_tokens(model, rows_state, question_ids, question_positions, question_valid)
+            tracker.append_untracked(question_positions)
             positions = positions + question_valid.sum(dim=-1)
+            prompt_lengths = positions.clone()
         else:
             logits = last_logits.repeat(copies, 1)
         sampler = Sampler(temperature, top_p, list(seeds) * copies, device)
         stop_ids = stop_token_ids(model, tokenizer)
-        tokens = decode(model, rows, logits, positions, max_new_tokens, sampler, stop_ids, pad_id).tolist()
+        groups = torch.arange(copies, device=device).repeat_interleave(len(batch))
+        decode_batch = DecodeBatch(
+            rows_state, layers, positions, prompt_lengths, groups, list(range(len(rows)))
+        )
+        compressions = [setting.decode for setting in settings]
+        tokens, row_stats = decode(
+            model, decode_batch, tracker, compressions, logits, max_new_tokens, sampler, stop_ids, stop_at_eos
+        )
     decode_seconds = time.perf_counter() - clock
     shared = {
         "batch_size": len(batch),
@@ -363,13 +402,20 @@ def _run_batch(
     for index, setting in enumerate(settings):
         completions = []
         for row, item in enumerate(batch):
-            ids = _trim(tokens[index * len(batch) + row], stop_ids)
+            flat = index * len(batch) + row
+            generated = tokens[flat]
+            ids = _trim(generated, stop_ids)
             kept = [int(selection.valid[row].sum()) for selection in selections[index]]
             stats = {
                 "prompt_tokens": len(item.context) + len(item.question),
                 "context_tokens": len(item.context),
                 "kept_tokens": kept,
                 "new_tokens": len(ids),
+                "generated_tokens": len(generated),
+                "seconds_per_token": row_stats[flat].seconds / max(1, len(generated)),
+                "setting": setting.label(),
+                "seed": seeds[row],
+                **row_stats[flat].as_dict(),
                 **shared,
             }
             text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -388,11 +434,18 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | Sequence[int] = 0,
+    decode_method: str | Method | None = None,
+    decode_ratio: float = 0.25,
     **options: object,
 ) -> list[Completion]:
-    """Completions of ``prompts`` with one method at one budget (see :func:`generate_sweep` for options)."""
+    """Completions of ``prompts`` with one prefill method and budget, optionally compressing while decoding.
+
+    ``decode_method`` compresses the generated cache to ``decode_ratio`` every ``compress_every``
+    tokens (see :func:`generate_sweep` for the other options).
+    """
+    spec = (method, budget) if decode_method is None else (method, budget, decode_method, decode_ratio)
     return generate_sweep(
-        model, tokenizer, prompts, [(method, budget)], max_new_tokens, temperature, top_p, seed, **options
+        model, tokenizer, prompts, [spec], max_new_tokens, temperature, top_p, seed, **options
     )[0]
 
 

@@ -87,11 +87,23 @@ def _repeat_heads(states: torch.Tensor, repeats: int) -> torch.Tensor:
     return states if repeats == 1 else states.repeat_interleave(repeats, dim=1)
 
 
-def _flash_attention(module, query, key, value, scaling, **kwargs) -> torch.Tensor:
-    from transformers.integrations.flash_attention import flash_attention_forward
+def _flash_attention(module, query, key, value, scaling, backend, **kwargs) -> torch.Tensor:
+    """(B, q, H_q, d) flash output. Calls the private helper, not ``flash_attention_forward``, because
+    the latter resolves the kernel from ``module.config._attn_implementation``, which is ``infokv`` here."""
+    from transformers.modeling_flash_attention_utils import _flash_attention_forward
 
-    output, _ = flash_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
-    return output
+    kwargs.pop("sliding_window", None)  # only full-attention layers are accepted
+    return _flash_attention_forward(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        None,
+        query_length=query.shape[2],
+        is_causal=module.is_causal,
+        softmax_scale=scaling,
+        attn_implementation=backend,
+        **kwargs,
+    )
 
 
 def infokv_attention(
@@ -118,7 +130,7 @@ def infokv_attention(
     repeats = query.shape[1] // key.shape[1]
     trivial_mask = valid is None and (queries == 1 or queries == keys)
     if trivial_mask and context.backend == "flash_attention_2":
-        return _flash_attention(module, query, key, value, scaling, **kwargs), None
+        return _flash_attention(module, query, key, value, scaling, context.backend, **kwargs), None
     if trivial_mask and query.is_cuda:
         output = F.scaled_dot_product_attention(
             query, key, value, is_causal=queries > 1, scale=scaling, enable_gqa=repeats > 1

@@ -28,6 +28,16 @@ class Sampler:
                 generator.manual_seed(int(seed))
                 self.generators.append(generator)
 
+    def subset(self, rows: list[int]) -> Sampler:
+        """The sampler of the given rows only (rows that finished leave the batch)."""
+        chosen = Sampler(self.temperature, self.top_p, [], torch.device("cpu"))
+        chosen.generators = [self.generators[row] for row in rows] if self.generators else []
+        return chosen
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits of the distribution actually sampled from (temperature applied)."""
+        return logits / self.temperature if self.temperature > 0 else logits
+
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """One token id per row of (R, V) logits."""
         if self.temperature == 0:

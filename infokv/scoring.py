@@ -106,3 +106,68 @@ def rotation_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     swap[torch.arange(half), torch.arange(half) + half] = -1.0
     swap[torch.arange(half) + half, torch.arange(half)] = 1.0
     return torch.diag_embed(cos) + sin[:, :, None] * swap[None]
+
+
+class DecodeLayerView:
+    """:class:`LayerView`'s interface over a decoding cache: every signal is per entry (R, H_kv, K)."""
+
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        valid: torch.Tensor,
+        entries,
+        scaling: float,
+        rotary,
+        next_positions: torch.Tensor,
+    ) -> None:
+        self.keys, self.values, self.valid = keys, values, valid
+        self.entries = entries
+        self.scaling = scaling
+        self._rotary = rotary
+        self._next_positions = next_positions
+        self._memo: dict = {}
+
+    def _cached(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def positions_score(self) -> torch.Tensor:
+        return self.entries.positions.float()
+
+    def window_attention(self, window: int, pooling: str, kernel: int, reduction: str) -> torch.Tensor:
+        if self.entries.queries is None:
+            raise RuntimeError("decoding window queries were not captured")
+        return self._cached(
+            ("window", window, pooling, kernel, reduction),
+            lambda: window_attention(
+                self.entries.queries, self.keys, self.valid, self.scaling, window, pooling, kernel, reduction
+            ),
+        )
+
+    def cumulative_attention(self, reduction: str) -> torch.Tensor:
+        return reduce_heads(self.entries.cumulative, self.keys.shape[1], reduction)
+
+    def entropy(self, topk: int, position: str) -> torch.Tensor:
+        table = self.entries.producing if position == "producing" else self.entries.next
+        return table[topk]
+
+    def evolution(self) -> torch.Tensor:
+        return self.entries.evolution
+
+    def query_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.entries.statistics is None:
+            raise RuntimeError("decoding query statistics were not captured")
+        return self.entries.statistics.mean_and_covariance()
+
+    def future_rotation(self, positions: int) -> torch.Tensor:
+        if self._rotary is None:
+            raise ValueError("expected_attention needs a model with rotary position embeddings")
+
+        def compute() -> torch.Tensor:
+            start = self._next_positions[:, None]
+            cos, sin = self._rotary(start + torch.arange(positions, device=start.device)[None, :])
+            return rotation_matrix(cos.mean(dim=1), sin.mean(dim=1))
+
+        return self._cached(("rotation", positions), compute)

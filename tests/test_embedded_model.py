@@ -42,7 +42,7 @@ def test_full_budget_matches_transformers_greedy(embedded, prompt):
 
 def test_sweep_of_every_method_runs_and_keeps_its_budget(embedded, prompt):
     model, tokenizer = embedded
-    settings = [(name, 0.5) for name in methods.available()]
+    settings = [(name, 0.5) for name in methods.available("prefill")]
     results = generate_sweep(model, tokenizer, [prompt], settings, max_new_tokens=8)
     length = results[0][0].stats["prompt_tokens"]
     for (name, _), (completion,) in zip(settings, results, strict=True):

@@ -8,7 +8,7 @@ import torch
 from infokv import generate, generate_sweep, methods
 from infokv.engine import generate as engine_generate
 
-ALL = methods.available()
+ALL = methods.available("prefill")
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
     "Pack my box with five dozen liquor jugs, said the sphinx.",

@@ -18,7 +18,9 @@ def random_prompt(length: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_registry_lists_every_method():
-    assert methods.available() == ALL
+    assert methods.available("prefill") == ALL
+    assert methods.available("decode") == [n for n in ALL if n != "pyramidkv"] + ["rpc"]
+    assert set(methods.available()) == set(ALL) | {"rpc"}
     assert methods.get("infokv", alpha=0.5).alpha == 0.5
 
 

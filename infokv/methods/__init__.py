@@ -10,17 +10,18 @@ from infokv.methods.full import Full
 from infokv.methods.h2o import H2O
 from infokv.methods.infokv import InfoKV
 from infokv.methods.pyramidkv import PyramidKV
+from infokv.methods.rpc import RPC
 from infokv.methods.snapkv import SnapKV
 from infokv.methods.streamingllm import StreamingLLM
 
 _REGISTRY: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Full, StreamingLLM, H2O, SnapKV, PyramidKV, ExpectedAttention, InfoKV)
+    cls.name: cls for cls in (Full, StreamingLLM, H2O, SnapKV, PyramidKV, ExpectedAttention, InfoKV, RPC)
 }
 
 
-def available() -> list[str]:
-    """Names of every method."""
-    return list(_REGISTRY)
+def available(phase: str | None = None) -> list[str]:
+    """Names of every method, or of those usable in ``phase`` ('prefill' or 'decode')."""
+    return [name for name, cls in _REGISTRY.items() if phase is None or phase in cls.phases]
 
 
 def get(name: str | Method, **params: object) -> Method:

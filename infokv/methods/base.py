@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -25,6 +26,7 @@ class Method:
     """
 
     name: ClassVar[str] = ""
+    phases: ClassVar[tuple[str, ...]] = ("prefill", "decode")
     sink: int = 4
     window: int = 32
     layer_budget: str = "uniform"
@@ -58,6 +60,10 @@ class Method:
             torch.where(whole, lengths, torch.minimum(counts.clamp_min(self.floor), lengths))
             for counts in schedule
         ]
+
+    def decode_target(self, count: int, ratio: float, floor: int) -> int:
+        """Entries to keep of ``count`` tokens at a decoding compression: ⌈ratio · count⌉, at least ``floor``."""
+        return max(math.ceil(count * ratio), floor)
 
     def score(self, view: LayerView) -> torch.Tensor:
         """Scores (B, H_kv, T) for one layer; higher is kept first."""

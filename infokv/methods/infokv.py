@@ -30,17 +30,18 @@ def combine(
     tau: float,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """S (B, H_kv, T) from attention (B, H_kv, T), entropy H (B, T) and evolution D (B, T) of one layer.
+    """S (B, H_kv, T) from attention (B, H_kv, T), entropy H and evolution D of one layer.
 
-    ``valid`` (B, T) excludes padding from the softmax over tokens.
+    H and D are per token (B, T), or per cache entry (B, H_kv, T) when decoding; ``valid`` (B, T)
+    excludes padding and filler from the softmax over tokens.
     """
     information = (evolution.float() + tau) * entropy.float()
+    if information.ndim == 2:
+        information = information[:, None, :]
     if valid is not None:
-        information = information.masked_fill(~valid, float("-inf"))
-    information = information.softmax(dim=-1)
-    if valid is not None:
-        information = torch.nan_to_num(information, nan=0.0)
-    return alpha * attention.float() + (1.0 - alpha) * information[:, None, :]
+        information = information.masked_fill(~valid[:, None, :], float("-inf"))
+    information = torch.nan_to_num(information.softmax(dim=-1), nan=0.0)
+    return alpha * attention.float() + (1.0 - alpha) * information
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from infokv.methods.snapkv import SnapKV
 @dataclass(frozen=True)
 class PyramidKV(SnapKV):
     name = "pyramidkv"
+    phases = ("prefill",)
     layer_budget: str = "pyramid"
     beta: float = 20.0
 

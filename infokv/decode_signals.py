@@ -1,0 +1,200 @@
+"""Signals gathered incrementally while decoding, kept aligned with the cache entries.
+
+Each cache entry (row r, layer l, KV head h, slot k) carries its token's true position, the
+entropy of the distribution that produced it and of the one at its position, its representation
+evolution D^(l) (computed in the step that fed it), and — for H2O — the attention it received
+from every decoding query. Compression gathers these with the same indices as the keys, so
+nothing is ever recomputed over the whole history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from infokv import signals
+from infokv.capture import Captured
+from infokv.methods.base import Requirement
+from infokv.signals.attention import attention_column_sums
+from infokv.signals.entropy import align_to_tokens, topk_entropy
+from infokv.signals.evolution import cosine_distance
+from infokv.signals.query_statistics import QueryStatistics
+
+
+@dataclass
+class LayerEntries:
+    """Per-entry signals of one layer: (R, H_kv, K) tensors, cumulative attention per query head."""
+
+    positions: torch.Tensor
+    producing: dict[int, torch.Tensor] = field(default_factory=dict)
+    next: dict[int, torch.Tensor] = field(default_factory=dict)
+    evolution: torch.Tensor | None = None
+    cumulative: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
+    statistics: QueryStatistics | None = None
+
+    def rows(self, selected: torch.Tensor | slice) -> LayerEntries:
+        """The entries of some batch rows (a view when ``selected`` is a slice)."""
+
+        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[selected]
+
+        statistics = None
+        if self.statistics is not None:
+            statistics = QueryStatistics()
+            statistics.count = pick(self.statistics.count)
+            statistics.total = pick(self.statistics.total)
+            statistics.outer = pick(self.statistics.outer)
+        return LayerEntries(
+            positions=self.positions[selected],
+            producing={k: v[selected] for k, v in self.producing.items()},
+            next={k: v[selected] for k, v in self.next.items()},
+            evolution=pick(self.evolution),
+            cumulative=pick(self.cumulative),
+            queries=pick(self.queries),
+            statistics=statistics,
+        )
+
+    def gather(self, rows: torch.Tensor, indices: torch.Tensor) -> LayerEntries:
+        """Rows ``rows`` and per-head entries ``indices`` (R', H_kv, K')."""
+
+        selected = self.rows(rows)
+        groups = 1 if selected.cumulative is None else selected.cumulative.shape[1] // indices.shape[1]
+
+        def per_kv(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.gather(-1, indices)
+
+        selected.positions = per_kv(selected.positions)
+        selected.producing = {k: per_kv(v) for k, v in selected.producing.items()}
+        selected.next = {k: per_kv(v) for k, v in selected.next.items()}
+        selected.evolution = per_kv(selected.evolution)
+        if selected.cumulative is not None:
+            selected.cumulative = selected.cumulative.gather(-1, indices.repeat_interleave(groups, dim=1))
+        return selected
+
+
+class DecodeTracker:
+    """Appends one entry's signals per decoding step; hooks are the callbacks of :mod:`infokv.hooks`."""
+
+    def __init__(self, requirements: set[Requirement], layers: list[LayerEntries], scaling: float) -> None:
+        kinds = {requirement[0] for requirement in requirements}
+        windows = [r[1] for r in requirements if r[0] == signals.WINDOW_QUERIES]
+        self.window = max(windows, default=0)
+        self.topks = sorted({r[1] for r in requirements if r[0] == signals.ENTROPY})
+        self.evolution = signals.EVOLUTION in kinds
+        self.cumulative = signals.CUMULATIVE_ATTENTION in kinds
+        self.query_statistics = signals.QUERY_STATISTICS in kinds
+        self.layers = layers
+        self.scaling = scaling
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.valid: torch.Tensor | None = None
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.window > 0 or self.cumulative
+
+    def on_attention(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None
+    ) -> None:
+        entries = self.layers[layer]
+        if self.window > 0:
+            buffered = query if entries.queries is None else torch.cat([entries.queries, query], dim=2)
+            entries.queries = buffered[:, :, -self.window :]
+        if self.cumulative:
+            sums = attention_column_sums(query, key, valid, self.scaling)
+            grown = key.shape[2] - entries.cumulative.shape[-1]
+            entries.cumulative = torch.nn.functional.pad(entries.cumulative, (0, grown)) + sums
+
+    def on_layer_output(self, layer: int, hidden: torch.Tensor) -> None:
+        self.outputs[layer] = hidden[:, -1]
+
+    def on_queries(self, layer: int, queries: torch.Tensor) -> None:
+        entries = self.layers[layer]
+        if entries.statistics is None:
+            entries.statistics = QueryStatistics()
+        entries.statistics.add(queries, None)
+
+    def append(self, position: torch.Tensor, producing: torch.Tensor, next_logits: torch.Tensor) -> None:
+        """Record the entry just fed at ``position`` (R,), produced by logits ``producing`` (R, V)."""
+        last = self.outputs.get(len(self.layers) - 1)
+        produced = {topk: topk_entropy(producing, topk) for topk in self.topks}
+        following = {topk: topk_entropy(next_logits, topk) for topk in self.topks}
+        for index, entries in enumerate(self.layers):
+            heads = entries.positions.shape[1]
+
+            def column(values: torch.Tensor, heads: int = heads) -> torch.Tensor:
+                return values[:, None, None].expand(-1, heads, 1)
+
+            entries.positions = torch.cat([entries.positions, column(position)], dim=-1)
+            for topk in self.topks:
+                entries.producing[topk] = torch.cat([entries.producing[topk], column(produced[topk])], dim=-1)
+                entries.next[topk] = torch.cat([entries.next[topk], column(following[topk])], dim=-1)
+            if self.evolution:
+                distance = cosine_distance(self.outputs[index], last)
+                entries.evolution = torch.cat([entries.evolution, column(distance)], dim=-1)
+        self.outputs.clear()
+
+    def append_untracked(self, positions: torch.Tensor) -> None:
+        """Entries fed without signals (a question after context-only compression): zeros, true positions."""
+        for entries in self.layers:
+            heads = entries.positions.shape[1]
+            block = positions[:, None, :].expand(-1, heads, -1)
+            zeros = torch.zeros(block.shape, device=block.device)
+            entries.positions = torch.cat([entries.positions, block], dim=-1)
+            for topk in self.topks:
+                entries.producing[topk] = torch.cat([entries.producing[topk], zeros], dim=-1)
+                entries.next[topk] = torch.cat([entries.next[topk], zeros], dim=-1)
+            if self.evolution:
+                entries.evolution = torch.cat([entries.evolution, zeros], dim=-1)
+            if self.cumulative:
+                groups = entries.cumulative.shape[1] // heads
+                entries.cumulative = torch.cat(
+                    [entries.cumulative, zeros.repeat_interleave(groups, 1)], dim=-1
+                )
+
+
+def entries_from_prefill(
+    captured: Captured,
+    rows: torch.Tensor,
+    indices: list[torch.Tensor],
+    requirements: set[Requirement],
+    query_heads: int,
+) -> list[LayerEntries]:
+    """Per-entry signals of the compressed prompt cache, gathered from the prefill capture.
+
+    Signals the prefill did not capture are zeros (prompt entries are only scored when
+    ``compress_prompt`` is set, and then the prefill captures them).
+    """
+    topks = sorted({r[1] for r in requirements if r[0] == signals.ENTROPY})
+    kinds = {r[0] for r in requirements}
+    layers = []
+    for layer, layer_indices in enumerate(indices):
+        heads = layer_indices.shape[1]
+
+        def per_token(values: torch.Tensor, layer_indices: torch.Tensor = layer_indices) -> torch.Tensor:
+            return values[rows][:, None, :].expand(-1, layer_indices.shape[1], -1).gather(-1, layer_indices)
+
+        entries = LayerEntries(positions=per_token(captured.positions))
+        zeros = torch.zeros(layer_indices.shape, device=layer_indices.device)
+        for topk in topks:
+            if topk in captured.next_entropy:
+                entropy = captured.next_entropy[topk]
+                entries.producing[topk] = per_token(align_to_tokens(entropy, captured.valid, "producing"))
+                entries.next[topk] = per_token(align_to_tokens(entropy, captured.valid, "next"))
+            else:
+                entries.producing[topk], entries.next[topk] = zeros.clone(), zeros.clone()
+        if signals.EVOLUTION in kinds:
+            evolution = captured.evolution
+            entries.evolution = zeros.clone() if evolution is None else per_token(evolution[layer])
+        if signals.CUMULATIVE_ATTENTION in kinds:
+            groups = query_heads // heads
+            expanded = layer_indices.repeat_interleave(groups, dim=1)
+            cumulative = captured.cumulative.get(layer)
+            entries.cumulative = (
+                torch.zeros(expanded.shape, device=expanded.device)
+                if cumulative is None
+                else cumulative[rows].gather(-1, expanded)
+            )
+        layers.append(entries)
+    return layers

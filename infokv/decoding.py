@@ -1,0 +1,301 @@
+"""The generation loop, with periodic compression of the generated part of the cache.
+
+Every ``every`` generated tokens, the rows of a group whose decoding compression is set keep
+their prompt entries (all of them, unless ``compress_prompt``), their most recent ``window``
+entries, and the best-scoring generated entries up to ``⌈ratio · generated⌉`` (the method's
+``decode_target``). Between compressions the cache grows by one entry per step, so it never
+holds more than prompt + target + ``every`` entries per head. Rows that stop leave the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from infokv import methods
+from infokv.cache import KVState, cache_argument_name
+from infokv.capture import attention_scaling, output_logits, rotary_function
+from infokv.decode_signals import DecodeTracker, LayerEntries
+from infokv.hooks import ForwardContext, forward_context, layer_output_hooks, prerope_query_hooks
+from infokv.methods.base import Method
+from infokv.sampling import Sampler
+from infokv.scoring import DecodeLayerView
+from infokv.selection import Selection, combine_groups, forced_mask, select
+
+
+@dataclass(frozen=True)
+class DecodeCompression:
+    """Compress the generated cache with ``method`` to ``ratio`` of it every ``every`` tokens."""
+
+    method: Method
+    ratio: float
+    every: int = 1024
+    compress_prompt: bool = False
+
+    @classmethod
+    def build(
+        cls, method: str | Method, ratio: float, every: int = 1024, compress_prompt: bool = False
+    ) -> DecodeCompression:
+        resolved = methods.get(method)
+        if "decode" not in resolved.phases:
+            raise ValueError(
+                f"method {resolved.name!r} cannot compress while decoding; "
+                f"use one of {methods.available('decode')}"
+            )
+        if not isinstance(ratio, int | float) or not 0.0 < ratio <= 1.0:
+            raise ValueError(f"decode ratio {ratio!r} is not allowed; use 0 < ratio <= 1 (e.g. 0.25)")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"compress_every {every!r} must be an integer >= 1")
+        return cls(resolved, float(ratio), every, compress_prompt)
+
+    def label(self) -> str:
+        return f"{self.method.label()}@{self.ratio:g}"
+
+
+@dataclass
+class RowStats:
+    """What happened to one row while decoding."""
+
+    compressions: int = 0
+    peak_entries: int = 0
+    final_entries: int = 0
+    events: list[tuple[int, int, int]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "compression_events": self.compressions,
+            "peak_cache_entries": self.peak_entries,
+            "final_cache_entries": self.final_entries,
+            "compressions": [list(event) for event in self.events],
+            "decode_seconds_row": self.seconds,
+        }
+
+
+def decode_target(compression: DecodeCompression, generated: int, prompt_length: int) -> int:
+    """Entries to keep per head after a compression: of the generated part, or of everything with
+    ``compress_prompt`` (then the sinks count too)."""
+    method = compression.method
+    if compression.compress_prompt:
+        return method.decode_target(prompt_length + generated, compression.ratio, method.sink + method.window)
+    return method.decode_target(generated, compression.ratio, method.window)
+
+
+def _compress_rows(
+    state: KVState,
+    layers: list[LayerEntries],
+    rows: slice,
+    compression: DecodeCompression,
+    generated: int,
+    prompt_lengths: torch.Tensor,
+    next_positions: torch.Tensor,
+    scaling: float,
+    rotary,
+) -> list[Selection]:
+    """Selections (per layer) for a contiguous group of rows."""
+    method = compression.method
+    lengths = prompt_lengths[rows]
+    selections = []
+    for layer, entries in enumerate(layers):
+        keys, values = state.layer(layer)
+        keys, values = keys[rows], values[rows]
+        valid = state.valid[layer]
+        valid = (
+            torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
+            if valid is None
+            else valid[rows]
+        )
+        group_entries = entries.rows(rows)
+        view = DecodeLayerView(keys, values, valid, group_entries, scaling, rotary, next_positions[rows])
+        scores = method.score(view)
+        forced = forced_mask(valid, method.sink, method.window)[:, None, :].expand_as(scores)
+        is_prompt = group_entries.positions < lengths[:, None, None]
+        prompt_entries = (is_prompt[:, 0, :] & valid).sum(-1)
+        if not compression.compress_prompt:
+            forced = forced | is_prompt
+        targets = torch.tensor(
+            [decode_target(compression, generated, int(length)) for length in lengths.tolist()],
+            device=keys.device,
+        )
+        base = torch.zeros_like(prompt_entries) if compression.compress_prompt else prompt_entries
+        keep = torch.minimum(base + targets, valid.sum(-1))
+        selections.append(select(scores, valid, keep, forced))
+    return selections
+
+
+def _everything(state: KVState, layer: int, rows: slice) -> Selection:
+    keys = state.layer(layer)[0][rows]
+    batch, heads, length, _ = keys.shape
+    indices = torch.arange(length, device=keys.device).expand(batch, heads, length)
+    valid = state.valid[layer]
+    valid = torch.ones(batch, length, dtype=torch.bool, device=keys.device) if valid is None else valid[rows]
+    return Selection(indices, valid)
+
+
+@dataclass
+class DecodeBatch:
+    """The rows being decoded: cache, per-entry signals, positions and bookkeeping."""
+
+    state: KVState
+    layers: list[LayerEntries]
+    positions: torch.Tensor
+    prompt_lengths: torch.Tensor
+    groups: torch.Tensor
+    active: list[int]
+
+    def keep_rows(self, keep: torch.Tensor) -> None:
+        rows = keep.nonzero()[:, 0]
+        self.state = self.state.select_rows(rows)
+        self.layers = [entries.rows(rows) for entries in self.layers]
+        self.positions, self.prompt_lengths, self.groups = (
+            self.positions[rows],
+            self.prompt_lengths[rows],
+            self.groups[rows],
+        )
+        self.active = [self.active[row] for row in rows.tolist()]
+
+    def group_slices(self) -> list[tuple[int, slice]]:
+        """(group id, contiguous row slice) for every group still present."""
+        ids = self.groups.tolist()
+        slices, start = [], 0
+        for index in range(1, len(ids) + 1):
+            if index == len(ids) or ids[index] != ids[start]:
+                slices.append((ids[start], slice(start, index)))
+                start = index
+        return slices
+
+
+def decode(
+    model: PreTrainedModel,
+    batch: DecodeBatch,
+    tracker: DecodeTracker,
+    compressions: Sequence[DecodeCompression | None],
+    logits: torch.Tensor,
+    max_new_tokens: int,
+    sampler: Sampler,
+    stop_ids: Sequence[int],
+    stop_at_eos: bool = True,
+) -> tuple[list[list[int]], list[RowStats]]:
+    """Generate up to ``max_new_tokens`` per row (stopping rows at a stop token), compressing as configured.
+
+    ``compressions[g]`` applies to the rows whose group id is g (None: never compressed).
+    Returns the generated ids per row (stop token included) and per-row statistics.
+    """
+    rows = len(batch.active)
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    stats = [RowStats() for _ in range(rows)]
+    stops = torch.tensor(list(stop_ids), device=logits.device, dtype=torch.long)
+    base = model.base_model
+    cache_name = cache_argument_name(base)
+    to_logits = output_logits(model)
+    on_attention = tracker.on_attention if tracker.needs_attention else None
+    start_clock = time.perf_counter()
+    _record_entries(batch, stats)
+    with contextlib.ExitStack() as hooks:
+        if tracker.evolution:
+            hooks.enter_context(layer_output_hooks(model, tracker.on_layer_output))
+        if tracker.query_statistics:
+            hooks.enter_context(prerope_query_hooks(model, tracker.on_queries))
+        for generated in range(1, max_new_tokens + 1):
+            token = sampler(logits)
+            for row, value in zip(batch.active, token.tolist(), strict=True):
+                tokens[row].append(value)
+            finished = torch.isin(token, stops) if stop_at_eos else torch.zeros_like(token, dtype=torch.bool)
+            for row in torch.nonzero(finished)[:, 0].tolist():
+                stats[batch.active[row]].seconds = time.perf_counter() - start_clock
+            if generated == max_new_tokens or bool(finished.all()):
+                break
+            if bool(finished.any()):
+                keep = ~finished
+                kept_rows = keep.nonzero()[:, 0].tolist()
+                sampler = sampler.subset(kept_rows)
+                token, logits = token[keep], logits[keep]
+                batch.keep_rows(keep)
+                tracker.layers = batch.layers
+            producing = sampler.distribution(logits)
+            batch.state.extend_valid(None, 1, token.shape[0])
+            with forward_context(model, ForwardContext(batch.state, on_attention)):
+                output = base(
+                    input_ids=token[:, None],
+                    position_ids=batch.positions[:, None],
+                    use_cache=True,
+                    **{cache_name: batch.state.cache},
+                )
+            logits = to_logits(output.last_hidden_state[:, -1]).float()
+            tracker.append(batch.positions, producing, logits)
+            batch.positions = batch.positions + 1
+            _record_entries(batch, stats)
+            _maybe_compress(batch, tracker, compressions, generated, stats, model)
+    elapsed = time.perf_counter() - start_clock
+    for row in batch.active:
+        stats[row].seconds = elapsed
+    return tokens, stats
+
+
+def _record_entries(batch: DecodeBatch, stats: list[RowStats]) -> list[int]:
+    entries = batch.state.valid_counts().amax(dim=0).tolist()
+    for row, count in zip(batch.active, entries, strict=True):
+        stats[row].peak_entries = max(stats[row].peak_entries, int(count))
+        stats[row].final_entries = int(count)
+    return entries
+
+
+def _maybe_compress(
+    batch: DecodeBatch,
+    tracker: DecodeTracker,
+    compressions: Sequence[DecodeCompression | None],
+    generated: int,
+    stats: list[RowStats],
+    model: PreTrainedModel,
+) -> None:
+    due = [
+        (group, rows)
+        for group, rows in batch.group_slices()
+        if compressions[group] is not None and generated % compressions[group].every == 0
+    ]
+    if not due:
+        return
+    before = batch.state.valid_counts().amax(dim=0).tolist()
+    due_groups = dict(due)
+    per_group = []
+    for group, rows in batch.group_slices():
+        if group in due_groups:
+            per_group.append(
+                _compress_rows(
+                    batch.state,
+                    batch.layers,
+                    rows,
+                    compressions[group],
+                    generated,
+                    batch.prompt_lengths,
+                    batch.positions,
+                    attention_scaling(model),
+                    rotary_function(model),
+                )
+            )
+        else:
+            per_group.append(
+                [_everything(batch.state, layer, rows) for layer in range(batch.state.num_layers)]
+            )
+    indices, valid = combine_groups(per_group)
+    everyone = torch.arange(len(batch.active), device=batch.positions.device)
+    batch.state = batch.state.gather(everyone, indices, valid)
+    batch.layers = [
+        entries.gather(everyone, layer_indices)
+        for entries, layer_indices in zip(batch.layers, indices, strict=True)
+    ]
+    tracker.layers = batch.layers
+    after = batch.state.valid_counts().amax(dim=0).tolist()
+    compressed_rows = set()
+    for _, rows in due:
+        compressed_rows.update(range(rows.start, rows.stop))
+    for row in compressed_rows:
+        stat = stats[batch.active[row]]
+        stat.compressions += 1
+        stat.events.append((generated, int(before[row]), int(after[row])))
+        stat.final_entries = int(after[row])

@@ -62,7 +62,7 @@ class Method:
         ]
 
     def decode_target(self, count: int, ratio: float, floor: int) -> int:
-        """Entries to keep of ``count`` tokens at a decoding compression: ⌈ratio · count⌉, at least ``floor``."""
+        """Entries kept of ``count`` tokens at a decoding compression: ⌈ratio · count⌉, at least ``floor``."""
         return max(math.ceil(count * ratio), floor)
 
     def score(self, view: LayerView) -> torch.Tensor:

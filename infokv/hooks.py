@@ -87,6 +87,20 @@ def _repeat_heads(states: torch.Tensor, repeats: int) -> torch.Tensor:
     return states if repeats == 1 else states.repeat_interleave(repeats, dim=1)
 
 
+def _single_query_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float | None
+) -> torch.Tensor:
+    """One decoding query per row, masked: the query heads of a GQA group become that KV head's queries,
+    so keys and values are attended in place instead of being copied per query head."""
+    batch, query_heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
+    output = F.scaled_dot_product_attention(
+        grouped, key, value, attn_mask=valid[:, None, None, :], scale=scaling
+    )
+    return output.reshape(batch, query_heads, 1, dim)
+
+
 def _flash_attention(module, query, key, value, scaling, backend, **kwargs) -> torch.Tensor:
     """(B, q, H_q, d) flash output. Calls the private helper, not ``flash_attention_forward``, because
     the latter resolves the kernel from ``module.config._attn_implementation``, which is ``infokv`` here."""
@@ -143,6 +157,8 @@ def infokv_attention(
             is_causal=queries > 1,
             scale=scaling,
         )
+    elif queries == 1:
+        output = _single_query_attention(query, key, value, valid, scaling)
     else:
         mask = (
             causal_lower_right(queries, keys)

@@ -60,13 +60,16 @@ def attention_column_sums(
     total = torch.zeros(batch, key.shape[1], query_heads // key.shape[1], keys, device=query.device)
     for start in range(0, queries, block):
         stop = min(queries, start + block)
-        probabilities = _masked_logits(query[:, :, start:stop], key, valid, first + start, scaling).softmax(
-            -1
+        visible = first + stop  # causal: later keys get no attention from this block
+        block_valid = None if valid is None else valid[:, :visible]
+        logits = _masked_logits(
+            query[:, :, start:stop], key[:, :, :visible], block_valid, first + start, scaling
         )
+        probabilities = logits.softmax(-1)
         weights = _query_weights(valid, first + start, stop - start)
         if weights is not None:
             probabilities = probabilities * weights
-        total += probabilities.sum(dim=3)
+        total[..., :visible] += probabilities.sum(dim=3)
     return total.reshape(batch, query_heads, keys)
 
 

@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv model test demo lint
+.PHONY: venv model test demo lint bench-sweep
 
 venv: $(STAMP)
 
@@ -29,3 +29,6 @@ demo: venv model
 
 lint: venv
 	$(BIN)/ruff check
+
+bench-sweep: venv model
+	$(BIN)/python scripts/bench_sweep.py

@@ -21,6 +21,12 @@ def cache_argument_name(model: PreTrainedModel) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def _set_layer(cache: DynamicCache, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Make ``keys``/``values`` layer ``index`` of ``cache`` without the copy ``update`` would make."""
+    cache.update(keys[:, :, :0], values[:, :, :0], index)
+    cache.layers[index].keys, cache.layers[index].values = keys, values
+
+
 @dataclass
 class KVState:
     """A KV cache with per-layer validity masks.
@@ -71,11 +77,13 @@ class KVState:
         new_valid: list[torch.Tensor | None] = []
         for index in range(self.num_layers):
             keys, values = self.layer(index)
-            index_tensor = keep[index].to(keys.device)
-            gather_index = index_tensor[..., None].expand(-1, -1, -1, keys.shape[-1])
-            new_keys = keys[rows].gather(2, gather_index)
-            new_values = values[rows].gather(2, gather_index.expand(-1, -1, -1, values.shape[-1]))
-            new_cache.update(new_keys, new_values, index)
+            entries = keep[index].to(keys.device)
+            heads = torch.arange(keys.shape[1], device=keys.device)[None, :, None]
+            source_rows = rows.to(keys.device)[:, None, None]
+            # One indexing kernel per tensor: no copy of whole source rows.
+            _set_layer(
+                new_cache, index, keys[source_rows, heads, entries], values[source_rows, heads, entries]
+            )
             layer_valid = valid[index].to(keys.device)
             new_valid.append(None if bool(layer_valid.all()) else layer_valid)
         return KVState(new_cache, new_valid)
@@ -85,7 +93,7 @@ class KVState:
         new_cache = DynamicCache()
         for index in range(self.num_layers):
             keys, values = self.layer(index)
-            new_cache.update(keys[rows], values[rows], index)
+            _set_layer(new_cache, index, keys[rows], values[rows])
         return KVState(new_cache, [None if valid is None else valid[rows] for valid in self.valid])
 
     def valid_counts(self) -> torch.Tensor:

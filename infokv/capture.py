@@ -24,7 +24,7 @@ from infokv.hooks import (
     prerope_query_hooks,
 )
 from infokv.methods.base import Requirement
-from infokv.signals.attention import attention_column_sums
+from infokv.signals.attention import blockwise_attention
 from infokv.signals.entropy import chunked_entropy
 from infokv.signals.evolution import cosine_distance
 from infokv.signals.query_statistics import QueryStatistics
@@ -87,7 +87,7 @@ class Capturer:
 
     @property
     def needs_attention(self) -> bool:
-        return self.window > 0 or self.cumulative
+        return self.window > 0
 
     def on_attention(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None
@@ -98,11 +98,17 @@ class Capturer:
             skip = max(0, total - self.window - first)
             if skip < query.shape[2]:
                 self.captured.window_queries.setdefault(layer, []).append(query[:, :, skip:].detach())
-        if self.cumulative:
-            sums = attention_column_sums(query, key, valid, self.captured.scaling)
-            if layer not in self.captured.cumulative:
-                self.captured.cumulative[layer] = torch.zeros(*sums.shape[:2], total, device=sums.device)
-            self.captured.cumulative[layer][..., : key.shape[2]] += sums
+
+    def attend(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid, scaling: float
+    ) -> torch.Tensor:
+        """The attention output, accumulating H2O's column sums from the same probabilities."""
+        output, sums = blockwise_attention(query, key, value, valid, scaling)
+        if layer not in self.captured.cumulative:
+            total = self.captured.valid.shape[-1]
+            self.captured.cumulative[layer] = torch.zeros(*sums.shape[:2], total, device=sums.device)
+        self.captured.cumulative[layer][..., : key.shape[2]] += sums
+        return output
 
     def on_queries(self, layer: int, queries: torch.Tensor) -> None:
         statistics = self.captured.query_statistics.setdefault(layer, QueryStatistics())
@@ -165,7 +171,8 @@ def prefill(
             stop = min(total, start + chunk)
             capturer.chunk_valid = valid[:, start:stop] if has_padding else None
             state.extend_valid(capturer.chunk_valid, stop - start, batch)
-            with forward_context(model, ForwardContext(state, on_attention)):
+            attend = capturer.attend if capturer.cumulative else None
+            with forward_context(model, ForwardContext(state, on_attention, attend=attend)):
                 output = base(
                     input_ids=input_ids[:, start:stop],
                     position_ids=positions[:, start:stop],

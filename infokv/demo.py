@@ -4,7 +4,8 @@
 ``--tokens`` tokens (see :mod:`infokv.tasks`), runs one :func:`infokv.generate_sweep` over the full cache
 and every other method at each budget (one prefill per sample, all settings decoded together), and
 prints per (method, budget): accuracy on the task, fidelity (fraction of completions identical to the
-full-cache completion), and the mean number of KV entries kept per layer and head.
+full-cache completion), the mean number of KV entries kept per layer and head (``kept_tokens``) and
+its fraction of the compressed part (the whole prompt, or the context under ``--compress context_only``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compress", choices=("prompt", "context_only"), default="prompt", help="what the budget applies to"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the first prompt")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="prompts prefilled together (each row decodes every setting)",
+    )
     args = parser.parse_args(argv)
-    if args.samples < 1:
-        parser.error("--samples must be >= 1")
+    if args.samples < 1 or args.batch_size < 1:
+        parser.error("--samples and --batch-size must be >= 1")
     return args
 
 
@@ -46,7 +53,7 @@ def table(settings, results, samples: list[tasks.Sample]) -> pd.DataFrame:
     rows = []
     for (name, budget), completions in zip(settings, results, strict=True):
         kept = [sum(c.stats["kept_tokens"]) / len(c.stats["kept_tokens"]) for c in completions]
-        prompt_tokens = [c.stats["prompt_tokens"] for c in completions]
+        compressed = [c.stats["context_tokens"] for c in completions]
         rows.append(
             {
                 "method": name,
@@ -58,7 +65,7 @@ def table(settings, results, samples: list[tasks.Sample]) -> pd.DataFrame:
                 "fidelity": sum(c.token_ids == ref for c, ref in zip(completions, reference, strict=True))
                 / len(samples),
                 "kept_tokens": sum(kept) / len(kept),
-                "kept_ratio": sum(k / p for k, p in zip(kept, prompt_tokens, strict=True)) / len(kept),
+                "kept_ratio": sum(k / n for k, n in zip(kept, compressed, strict=True)) / len(kept),
             }
         )
     return pd.DataFrame(rows)
@@ -78,17 +85,27 @@ def main(argv: list[str] | None = None) -> None:
     )
     clock = time.perf_counter()
     results = generate_sweep(
-        model, tokenizer, prompts, settings, max_new_tokens=args.max_new_tokens, compress=args.compress
+        model,
+        tokenizer,
+        prompts,
+        settings,
+        max_new_tokens=args.max_new_tokens,
+        compress=args.compress,
+        batch_size=args.batch_size,
     )
     seconds = time.perf_counter() - clock
     frame = table(settings, results, samples)
     with pd.option_context("display.width", 200, "display.precision", 3):
         print(frame.to_string(index=False))
-    stats = results[0][0].stats
+    batches = [results[0][start].stats for start in range(0, len(samples), args.batch_size)]
+    phases = {
+        phase: sum(stats[f"{phase}_seconds"] for stats in batches)
+        for phase in ("prefill", "compress", "decode")
+    }
     print(
         f"\nsweep wall time {seconds:.1f} s for {len(samples)} prompts x {len(settings)} settings "
-        f"(prefill {stats['prefill_seconds']:.1f} s, compress {stats['compress_seconds']:.1f} s, "
-        f"decode {stats['decode_seconds']:.1f} s)"
+        f"in {len(batches)} batch(es): "
+        + ", ".join(f"{phase} {value:.1f} s" for phase, value in phases.items())
     )
     print("full-cache completion of prompt 0:", repr(results[0][0].text), "| gold:", samples[0].answer)
 

@@ -64,6 +64,8 @@ class Setting:
         parsed = Budget.parse(budget)
         if resolved.evicts:
             parsed.check_floor(resolved.floor)
+        else:
+            parsed = Budget(ratio=1.0)  # the full cache is the same at every budget
         decode = None
         if decode_method is not None:
             decode = DecodeCompression.build(decode_method, decode_ratio, compress_every, compress_prompt)
@@ -304,6 +306,7 @@ def generate_sweep(
     if prefill_chunk < 1:
         raise ValueError(f"prefill_chunk {prefill_chunk} must be >= 1")
     check_model(model)
+    unique = list(dict.fromkeys(resolved))  # equal settings (e.g. full at two budgets) are decoded once
     step = batch_size or len(tokenized)
     options = {
         "max_new_tokens": max_new_tokens,
@@ -312,19 +315,13 @@ def generate_sweep(
         "prefill_chunk": prefill_chunk,
         "stop_at_eos": stop_at_eos,
     }
-    results: list[list[Completion]] = [[] for _ in resolved]
+    results: list[list[Completion]] = [[] for _ in unique]
     for start in range(0, len(tokenized), step):
-        outputs = _run_batch(
-            model,
-            tokenizer,
-            tokenized[start : start + step],
-            resolved,
-            seeds[start : start + step],
-            **options,
-        )
+        batch = tokenized[start : start + step]
+        outputs = _run_batch(model, tokenizer, batch, unique, seeds[start : start + step], **options)
         for index, completions in enumerate(outputs):
             results[index].extend(completions)
-    return results
+    return [results[unique.index(setting)] for setting in resolved]
 
 
 def _requirements(settings: Sequence[Setting]) -> tuple[set, set]:

@@ -30,6 +30,9 @@ ATTENTION_NAME = "infokv"
 SUPPORTED_ATTENTION = ("sdpa", "flash_attention_2")
 
 AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None]
+AttentionReplacement = Callable[
+    [int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor
+]
 
 
 @dataclass
@@ -39,6 +42,8 @@ class ForwardContext:
     state: KVState
     on_attention: AttentionCallback | None = None
     backend: str = "sdpa"
+    attend: AttentionReplacement | None = None
+    """Computes the attention output itself (B, H_q, q, d), e.g. to reuse its probabilities."""
 
 
 _ACTIVE: contextvars.ContextVar[ForwardContext | None] = contextvars.ContextVar(
@@ -88,16 +93,19 @@ def _repeat_heads(states: torch.Tensor, repeats: int) -> torch.Tensor:
 
 
 def _single_query_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float | None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor | None,
+    scaling: float | None,
 ) -> torch.Tensor:
-    """One decoding query per row, masked: the query heads of a GQA group become that KV head's queries,
+    """One decoding query per row: the query heads of a GQA group become that KV head's queries,
     so keys and values are attended in place instead of being copied per query head."""
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    output = F.scaled_dot_product_attention(
-        grouped, key, value, attn_mask=valid[:, None, None, :], scale=scaling
-    )
+    mask = None if valid is None else valid[:, None, None, :]
+    output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
     return output.reshape(batch, query_heads, 1, dim)
 
 
@@ -141,11 +149,16 @@ def infokv_attention(
         raise RuntimeError(f"layer {layer}: validity mask covers {valid.shape[-1]} entries, cache has {keys}")
     if context.on_attention is not None:
         context.on_attention(layer, query, key, valid)
+    if context.attend is not None:
+        output = context.attend(layer, query, key, value, valid, scaling)
+        return output.transpose(1, 2).contiguous(), None
     repeats = query.shape[1] // key.shape[1]
     trivial_mask = valid is None and (queries == 1 or queries == keys)
     if trivial_mask and context.backend == "flash_attention_2":
         return _flash_attention(module, query, key, value, scaling, context.backend, **kwargs), None
-    if trivial_mask and query.is_cuda:
+    if queries == 1 and not (trivial_mask and query.is_cuda):
+        output = _single_query_attention(query, key, value, valid, scaling)
+    elif trivial_mask and query.is_cuda:
         output = F.scaled_dot_product_attention(
             query, key, value, is_causal=queries > 1, scale=scaling, enable_gqa=repeats > 1
         )
@@ -157,8 +170,6 @@ def infokv_attention(
             is_causal=queries > 1,
             scale=scaling,
         )
-    elif queries == 1:
-        output = _single_query_attention(query, key, value, valid, scaling)
     else:
         mask = (
             causal_lower_right(queries, keys)

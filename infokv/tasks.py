@@ -7,8 +7,11 @@ sentences (built from a small word list; they contain no digits) with one needle
 from far back in its context — i.e. whether a compressed KV cache kept the needle's entries.
 :func:`score` is 1 when the gold number appears in the completion, else 0.
 
-SmolLM2-135M-Instruct with a full cache answers this correctly at 1-2K tokens under greedy
-decoding, so accuracy drops under compression say something about the compression method.
+SmolLM2-135M-Instruct with a full cache answers it under greedy decoding with 12 new tokens:
+8/8 at 1024 tokens (seeds 0-7) and 5/5 at 2048 tokens (seeds 100-104), so accuracy lost under
+compression is the compression's doing. The needle is stated twice in one sentence pair: with a single
+statement, compressed caches lose it more often. Digits are single tokens in this tokenizer, so a
+method that keeps only some of the needle's entries typically answers with a truncated number.
 Every sample is a deterministic function of (tokenizer, seed, tokens, depth).
 """
 

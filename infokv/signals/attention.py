@@ -46,31 +46,60 @@ def _query_weights(valid: torch.Tensor | None, first_query: int, queries: int) -
     return valid[:, first_query : first_query + queries].float()[:, None, None, :, None]
 
 
-def attention_column_sums(
-    query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None, scaling: float
-) -> torch.Tensor:
-    """Σ_j softmax_i(q_j·k_i·s) over the q queries (the last q of the k keys), per query head: (B, H_q, k).
+def blockwise_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    scaling: float,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Attention of q queries (the last q of the k keys) in query blocks, with its column sums.
 
-    Queries are processed in blocks sized to keep the fp32 logits near 256 MiB.
+    Returns the attention output (B, H_q, q, d) when ``value`` is given (else None) and
+    Σ_j softmax_i(q_j·k_i·s) per query head (B, H_q, k). Each block sees only the keys up to its
+    last query, and its fp32 probabilities are used for both results, so collecting H2O's
+    cumulative attention during prefill costs one softmax pass, not a second attention.
     """
-    batch, query_heads, queries, _ = query.shape
-    keys = key.shape[2]
+    batch, query_heads, queries, dim = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
     first = keys - queries
     block = max(1, _BLOCK_ELEMENTS // max(1, batch * query_heads * keys))
-    total = torch.zeros(batch, key.shape[1], query_heads // key.shape[1], keys, device=query.device)
+    grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, queries, dim)
+    total = torch.zeros(batch, kv_heads, query_heads // kv_heads, keys, device=query.device)
+    outputs = []
     for start in range(0, queries, block):
         stop = min(queries, start + block)
         visible = first + stop  # causal: later keys get no attention from this block
-        block_valid = None if valid is None else valid[:, :visible]
-        logits = _masked_logits(
-            query[:, :, start:stop], key[:, :, :visible], block_valid, first + start, scaling
-        )
+        if valid is None:
+            logits = torch.matmul(grouped[:, :, :, start:stop], key[:, :, None, :visible].transpose(-1, -2))
+            logits = logits.float().mul_(scaling)
+            query_index = torch.arange(first + start, visible, device=query.device)[:, None]
+            key_index = torch.arange(first + start, visible, device=query.device)[None, :]
+            logits[..., first + start :].masked_fill_(key_index > query_index, float("-inf"))
+        else:
+            logits = _masked_logits(
+                query[:, :, start:stop], key[:, :, :visible], valid[:, :visible], first + start, scaling
+            )
         probabilities = logits.softmax(-1)
+        del logits
+        if value is not None:
+            block_output = torch.matmul(probabilities.to(value.dtype), value[:, :, None, :visible])
+            outputs.append(block_output)
         weights = _query_weights(valid, first + start, stop - start)
         if weights is not None:
             probabilities = probabilities * weights
         total[..., :visible] += probabilities.sum(dim=3)
-    return total.reshape(batch, query_heads, keys)
+    output = None
+    if value is not None:
+        output = torch.cat(outputs, dim=3).reshape(batch, query_heads, queries, value.shape[-1])
+    return output, total.reshape(batch, query_heads, keys)
+
+
+def attention_column_sums(
+    query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """Σ_j softmax_i(q_j·k_i·s) over the q queries (the last q of the k keys), per query head: (B, H_q, k)."""
+    return blockwise_attention(query, key, None, valid, scaling)[1]
 
 
 def pool_positions(scores: torch.Tensor, pooling: str, kernel: int) -> torch.Tensor:

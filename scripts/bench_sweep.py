@@ -1,0 +1,140 @@
+"""Acceptance benchmark: cost of a 7-method × 2-budget sweep relative to one full-cache generation.
+
+Target: on SmolLM2-135M with 2K-token prompts, ``generate_sweep`` over every method at budgets
+0.4 and 0.2 (14 settings) costs at most 1.5× one full-cache prefill + decode of the same prompts.
+
+Measured, after one warm-up run of each: the median wall time over ``--repeats`` runs of
+(a) ``generate(model, tok, prompts, "full", 1.0, max_new_tokens=M)`` and
+(b) ``generate_sweep(model, tok, prompts, settings, max_new_tokens=M)``,
+on ``--samples`` passkey prompts (:mod:`infokv.tasks`) of ``--tokens`` tokens. The engine's own
+prefill / compress / decode split is recorded too. Writes ``results/bench/sweep_cost.csv`` (long form:
+name, value, unit) and prints the ratio (b) / (a).
+
+    python scripts/bench_sweep.py [--tokens 2048] [--max-new-tokens 16] [--repeats 3] [--samples 1] [--no-eos]
+
+By default rows stop at EOS as in ordinary use, so the sweep may decode more steps than the full run
+(its slowest row decides); ``--no-eos`` makes both decode exactly ``--max-new-tokens`` tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from infokv import generate, generate_sweep, load_model, methods, tasks
+
+TARGET = 1.5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--tokens", type=int, default=2048, help="prompt length in tokens")
+    parser.add_argument("--samples", type=int, default=1, help="prompts per run (one batch)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.2])
+    parser.add_argument(
+        "--no-eos",
+        action="store_true",
+        help="decode exactly --max-new-tokens tokens in every row (stop_at_eos=False)",
+    )
+    parser.add_argument("--output", type=Path, default=Path("results/bench/sweep_cost.csv"))
+    args = parser.parse_args(argv)
+    if args.samples < 1 or args.repeats < 1:
+        parser.error("--samples and --repeats must be >= 1")
+    return args
+
+
+def timed(function) -> tuple[float, object]:
+    clock = time.perf_counter()
+    result = function()
+    return time.perf_counter() - clock, result
+
+
+def phases(completions) -> dict[str, float]:
+    """The engine's prefill / compress / decode seconds, summed over batches."""
+    seen, totals = set(), {"prefill": 0.0, "compress": 0.0, "decode": 0.0}
+    for completion in completions:
+        stats = completion.stats
+        key = (stats["prefill_seconds"], stats["decode_seconds"])
+        if key in seen:
+            continue
+        seen.add(key)
+        for phase in totals:
+            totals[phase] += stats[f"{phase}_seconds"]
+    return totals
+
+
+def main(argv: list[str] | None = None) -> float:
+    args = parse_args(argv)
+    model, tokenizer = load_model(args.model)
+    samples = tasks.passkey_samples(tokenizer, args.samples, args.tokens)
+    prompts = [sample.prompt for sample in samples]
+    settings = [(name, budget) for name in methods.available("prefill") for budget in args.budgets]
+    new_tokens = args.max_new_tokens
+    options = {"stop_at_eos": False} if args.no_eos else {}
+
+    def run_full():
+        return [generate(model, tokenizer, prompts, "full", 1.0, max_new_tokens=new_tokens, **options)]
+
+    def run_sweep():
+        return generate_sweep(model, tokenizer, prompts, settings, max_new_tokens=new_tokens, **options)
+
+    rows: list[tuple[str, float, str]] = [
+        ("prompt_tokens", statistics.mean(sample.tokens for sample in samples), "tokens"),
+        ("samples", len(samples), "count"),
+        ("settings", len(settings), "count"),
+        ("max_new_tokens", new_tokens, "tokens"),
+        ("repeats", args.repeats, "count"),
+        ("stop_at_eos", int(not args.no_eos), "bool"),
+        ("torch_threads", torch.get_num_threads(), "count"),
+    ]
+    print(
+        f"{len(samples)} prompt(s) of ~{rows[0][1]:.0f} tokens, {len(settings)} settings, "
+        f"max_new_tokens={new_tokens}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
+        flush=True,
+    )
+    medians = {}
+    for name, function in (("full", run_full), ("sweep", run_sweep)):
+        function()  # warm-up
+        runs = [timed(function) for _ in range(args.repeats)]
+        seconds = [elapsed for elapsed, _ in runs]
+        medians[name] = statistics.median(seconds)
+        rows.append((f"{name}_seconds", medians[name], "s"))
+        rows.extend((f"{name}_seconds_run{index}", value, "s") for index, value in enumerate(seconds))
+        split = [phases(c for per_setting in result for c in per_setting) for _, result in runs]
+        phase_medians = {phase: statistics.median(s[phase] for s in split) for phase in split[0]}
+        rows.extend((f"{name}_{phase}_seconds", value, "s") for phase, value in phase_medians.items())
+        results = runs[-1][1]
+        generated = [len(c.token_ids) for per_setting in results for c in per_setting]
+        rows.append((f"{name}_new_tokens_max", max(generated), "tokens"))
+        rows.append((f"{name}_new_tokens_mean", statistics.mean(generated), "tokens"))
+        print(
+            f"{name:>5}: median {medians[name]:.2f} s over {args.repeats} runs "
+            f"({', '.join(f'{s:.2f}' for s in seconds)}); "
+            + ", ".join(f"{phase} {value:.2f} s" for phase, value in phase_medians.items())
+            + f"; new tokens max {max(generated)}",
+            flush=True,
+        )
+    ratio = medians["sweep"] / medians["full"]
+    rows.append(("ratio", ratio, "x"))
+    rows.append(("target", TARGET, "x"))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "value", "unit"])
+        writer.writerows((name, f"{value:.6g}", unit) for name, value, unit in rows)
+    verdict = "meets" if ratio <= TARGET else "misses"
+    print(f"sweep / full = {ratio:.2f}x ({verdict} the <= {TARGET}x target); wrote {args.output}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()

@@ -209,14 +209,14 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return sorted(ids)
 
 
-def forward_tokens(
+def forward_hidden(
     model: PreTrainedModel,
     state: KVState,
     input_ids: torch.Tensor,
     positions: torch.Tensor,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Append (R, q) tokens at explicit ``positions`` to the cache; logits (R, V) at the last one."""
+    """Append (R, q) tokens at explicit ``positions`` to the cache; final hidden states (R, q, hidden)."""
     state.extend_valid(valid, input_ids.shape[1], input_ids.shape[0])
     base = model.base_model
     with forward_context(model, ForwardContext(state)):
@@ -226,7 +226,19 @@ def forward_tokens(
             use_cache=True,
             **{cache_argument_name(base): state.cache},
         )
-    return output_logits(model)(output.last_hidden_state[:, -1]).float()
+    return output.last_hidden_state
+
+
+def forward_tokens(
+    model: PreTrainedModel,
+    state: KVState,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Append (R, q) tokens at explicit ``positions`` to the cache; logits (R, V) at the last one."""
+    hidden = forward_hidden(model, state, input_ids, positions, valid)
+    return output_logits(model)(hidden[:, -1]).float()
 
 
 def _trim(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:

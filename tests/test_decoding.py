@@ -126,26 +126,13 @@ def test_finished_rows_leave_the_batch_without_changing_others(llama, tokenizer)
 
 def test_reasoning_protocol_sampling_is_reproducible_with_distinct_seeds(llama, tokenizer):
     options = {**REASONING_PROTOCOL, "max_new_tokens": 60}
-    first = generate_sweep(
-        llama,
-        tokenizer,
-        PROMPTS[:1],
-        [("full", 1.0, "infokv", 0.25)],
-        samples=3,
-        seed=5,
-        compress_every=20,
-        **options,
-    )[0]
-    again = generate_sweep(
-        llama,
-        tokenizer,
-        PROMPTS[:1],
-        [("full", 1.0, "infokv", 0.25)],
-        samples=3,
-        seed=5,
-        compress_every=20,
-        **options,
-    )[0]
+    settings = [("full", 1.0, "infokv", 0.25)]
+    first, again = (
+        generate_sweep(
+            llama, tokenizer, PROMPTS[:1], settings, samples=3, seed=5, compress_every=20, **options
+        )[0]
+        for _ in range(2)
+    )
     assert [c.token_ids for c in first] == [c.token_ids for c in again]
     assert [c.stats["seed"] for c in first] == [5, 6, 7]
     assert len({tuple(c.token_ids) for c in first}) > 1

@@ -41,9 +41,9 @@ import torch
 from transformers import PreTrainedModel
 
 from infokv import methods, signals
-from infokv.cache import KVState, cache_argument_name
+from infokv.cache import KVState
 from infokv.capture import Captured, output_logits, prefill
-from infokv.hooks import ForwardContext, forward_context
+from infokv.engine import forward_hidden
 from infokv.methods.base import Requirement
 from infokv.scoring import LayerView
 
@@ -230,22 +230,6 @@ def _branch(state: KVState, rows: int, start: int, cache_valid: torch.Tensor) ->
     return state.gather(torch.zeros(rows, dtype=torch.long, device=device), keep, valid)
 
 
-def _forward_hidden(
-    model: PreTrainedModel, state: KVState, input_ids: torch.Tensor, positions: torch.Tensor, valid
-) -> torch.Tensor:
-    """Append (R, c) tokens at explicit ``positions``; final hidden states (R, c, hidden)."""
-    state.extend_valid(valid, input_ids.shape[1], input_ids.shape[0])
-    base = model.base_model
-    with forward_context(model, ForwardContext(state)):
-        output = base(
-            input_ids=input_ids,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_argument_name(base): state.cache},
-        )
-    return output.last_hidden_state
-
-
 def influence(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -280,7 +264,7 @@ def influence(
             reference: dict[int, torch.Tensor] = {}
             for group, branch in zip(groups, branches, strict=True):
                 keep = ~masks[group, begin:stop]
-                hidden = _forward_hidden(
+                hidden = forward_hidden(
                     model,
                     branch,
                     input_ids[:, begin:stop].expand(len(group), -1),

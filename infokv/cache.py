@@ -13,12 +13,59 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 
 def cache_argument_name(model: PreTrainedModel) -> str:
     """The cache argument of ``model.forward``: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
     parameters = inspect.signature(model.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+class GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` that appends into spare capacity instead of concatenating.
+
+    ``DynamicLayer.update`` copies the whole layer at every decoding step (O(cache) per token, and
+    R times that for a sweep of R rows); here a step writes only the new entries, and the buffer
+    grows by 1/8 (at least 256 entries) when full. ``keys``/``values`` are views of the buffer.
+    """
+
+    _key_buffer: torch.Tensor | None = None
+    _value_buffer: torch.Tensor | None = None
+
+    def _owns_keys(self) -> bool:
+        buffer = self._key_buffer
+        return (
+            buffer is not None
+            and self.keys.data_ptr() == buffer.data_ptr()
+            and self.keys.shape[:2] == buffer.shape[:2]
+        )
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        old = self.keys.shape[-2] if self.keys.ndim == 4 else 0
+        new = old + key_states.shape[-2]
+        if not self._owns_keys() or new > self._key_buffer.shape[-2]:
+            capacity = new + max(256, new // 8)
+            batch, heads = key_states.shape[:2]
+            keys = key_states.new_empty(batch, heads, capacity, key_states.shape[-1])
+            values = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])
+            if old:
+                keys[:, :, :old] = self.keys
+                values[:, :, :old] = self.values
+            self._key_buffer, self._value_buffer = keys, values
+        self._key_buffer[:, :, old:new] = key_states
+        self._value_buffer[:, :, old:new] = value_states
+        self.keys, self.values = self._key_buffer[:, :, :new], self._value_buffer[:, :, :new]
+        return self.keys, self.values
+
+
+def new_cache() -> DynamicCache:
+    """An empty cache whose layers are :class:`GrowingLayer`."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = GrowingLayer
+    return cache
 
 
 def _set_layer(cache: DynamicCache, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -40,7 +87,7 @@ class KVState:
     @classmethod
     def empty(cls, model: PreTrainedModel) -> KVState:
         layers = model.config.get_text_config(decoder=True).num_hidden_layers
-        return cls(DynamicCache(), [None] * layers)
+        return cls(new_cache(), [None] * layers)
 
     @property
     def num_layers(self) -> int:
@@ -73,7 +120,7 @@ class KVState:
         ``keep[l]`` is (R, H_kv, K_l) with indices into this state's layer l; ``valid[l]`` is (R, K_l).
         This state is left unchanged, so one full cache can be compressed many ways.
         """
-        new_cache = DynamicCache()
+        cache = new_cache()
         new_valid: list[torch.Tensor | None] = []
         for index in range(self.num_layers):
             keys, values = self.layer(index)
@@ -81,20 +128,18 @@ class KVState:
             heads = torch.arange(keys.shape[1], device=keys.device)[None, :, None]
             source_rows = rows.to(keys.device)[:, None, None]
             # One indexing kernel per tensor: no copy of whole source rows.
-            _set_layer(
-                new_cache, index, keys[source_rows, heads, entries], values[source_rows, heads, entries]
-            )
+            _set_layer(cache, index, keys[source_rows, heads, entries], values[source_rows, heads, entries])
             layer_valid = valid[index].to(keys.device)
             new_valid.append(None if bool(layer_valid.all()) else layer_valid)
-        return KVState(new_cache, new_valid)
+        return KVState(cache, new_valid)
 
     def select_rows(self, rows: torch.Tensor) -> KVState:
         """A new state holding only batch rows ``rows`` (1-D index tensor)."""
-        new_cache = DynamicCache()
+        cache = new_cache()
         for index in range(self.num_layers):
             keys, values = self.layer(index)
-            _set_layer(new_cache, index, keys[rows], values[rows])
-        return KVState(new_cache, [None if valid is None else valid[rows] for valid in self.valid])
+            _set_layer(cache, index, keys[rows], values[rows])
+        return KVState(cache, [None if valid is None else valid[rows] for valid in self.valid])
 
     def valid_counts(self) -> torch.Tensor:
         """(L, B) attendable entries per layer and row."""

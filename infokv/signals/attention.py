@@ -19,7 +19,10 @@ import torch.nn.functional as F
 
 POOLINGS = ("max", "avg", "none")
 REDUCTIONS = ("mean", "max")
-_BLOCK_ELEMENTS = 1 << 26
+_BLOCK_ELEMENTS = {"cpu": 1 << 20}
+"""fp32 logits per query block: cache-sized on CPU (4 MiB: 2x faster than 256 MiB blocks at 2K tokens),
+256 MiB elsewhere, where fewer, larger kernels win."""
+_DEFAULT_BLOCK_ELEMENTS = 1 << 26
 
 
 def _masked_logits(
@@ -63,7 +66,8 @@ def blockwise_attention(
     batch, query_heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     first = keys - queries
-    block = max(1, _BLOCK_ELEMENTS // max(1, batch * query_heads * keys))
+    budget = _BLOCK_ELEMENTS.get(query.device.type, _DEFAULT_BLOCK_ELEMENTS)
+    block = max(1, budget // max(1, batch * query_heads * keys))
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, queries, dim)
     total = torch.zeros(batch, kv_heads, query_heads // kv_heads, keys, device=query.device)
     outputs = []

@@ -141,17 +141,17 @@ class KVState:
             _set_layer(cache, index, keys[rows], values[rows])
         return KVState(cache, [None if valid is None else valid[rows] for valid in self.valid])
 
+    def valid_mask(self, index: int) -> torch.Tensor:
+        """(B, T_l) validity of layer ``index``, all True when nothing is masked."""
+        valid = self.valid[index]
+        if valid is not None:
+            return valid
+        keys = self.layer(index)[0]
+        return torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
+
     def valid_counts(self) -> torch.Tensor:
         """(L, B) attendable entries per layer and row."""
-        counts = []
-        for index, valid in enumerate(self.valid):
-            keys = self.layer(index)[0]
-            counts.append(
-                torch.full((keys.shape[0],), keys.shape[2], device=keys.device)
-                if valid is None
-                else valid.sum(-1)
-            )
-        return torch.stack(counts)
+        return torch.stack([self.valid_mask(index).sum(-1) for index in range(self.num_layers)])
 
     def nbytes(self) -> int:
         """Bytes held by keys and values over all layers."""

@@ -17,6 +17,8 @@ from transformers import PreTrainedModel
 from infokv import signals
 from infokv.cache import KVState, cache_argument_name
 from infokv.hooks import (
+    AttentionCallback,
+    AttentionReplacement,
     ForwardContext,
     decoder_layers,
     forward_context,
@@ -42,6 +44,32 @@ def output_logits(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tens
         return logits
 
     return to_logits
+
+
+def forward_hidden(
+    model: PreTrainedModel,
+    state: KVState,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    on_attention: AttentionCallback | None = None,
+    attend: AttentionReplacement | None = None,
+) -> torch.Tensor:
+    """Append (R, q) tokens at explicit ``positions`` to the cache; final hidden states (R, q, hidden).
+
+    ``valid`` (R, q) marks the new entries later queries may attend (None: all); ``on_attention``
+    and ``attend`` are handed to our attention function (see :class:`infokv.hooks.ForwardContext`).
+    """
+    state.extend_valid(valid, input_ids.shape[1], input_ids.shape[0])
+    base = model.base_model
+    with forward_context(model, ForwardContext(state, on_attention, attend=attend)):
+        output = base(
+            input_ids=input_ids,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_argument_name(base): state.cache},
+        )
+    return output.last_hidden_state
 
 
 def attention_scaling(model: PreTrainedModel) -> float:
@@ -149,16 +177,14 @@ def prefill(
 
     Returns the full cache, the captured signals and the logits (B, V) at the last position.
     """
-    batch, total = input_ids.shape
+    total = input_ids.shape[1]
     positions = (valid.long().cumsum(dim=-1) - 1).clamp_min(0)
     layers = len(decoder_layers(model))
     captured = Captured(valid=valid, positions=positions, scaling=attention_scaling(model))
     captured.rotary = rotary_function(model)
     capturer = Capturer(captured, requirements, layers)
     state = KVState.empty(model)
-    base = model.base_model
     to_logits = output_logits(model)
-    cache_name = cache_argument_name(base)
     has_padding = not bool(valid.all())
     on_attention = capturer.on_attention if capturer.needs_attention else None
     hidden = None
@@ -170,16 +196,15 @@ def prefill(
         for start in range(0, total, chunk):
             stop = min(total, start + chunk)
             capturer.chunk_valid = valid[:, start:stop] if has_padding else None
-            state.extend_valid(capturer.chunk_valid, stop - start, batch)
-            attend = capturer.attend if capturer.cumulative else None
-            with forward_context(model, ForwardContext(state, on_attention, attend=attend)):
-                output = base(
-                    input_ids=input_ids[:, start:stop],
-                    position_ids=positions[:, start:stop],
-                    use_cache=True,
-                    **{cache_name: state.cache},
-                )
-            hidden = output.last_hidden_state
+            hidden = forward_hidden(
+                model,
+                state,
+                input_ids[:, start:stop],
+                positions[:, start:stop],
+                capturer.chunk_valid,
+                on_attention,
+                attend=capturer.attend if capturer.cumulative else None,
+            )
             capturer.finish_chunk(start, hidden, to_logits)
         last_logits = to_logits(hidden[:, -1]).float()
     return state, captured, last_logits

@@ -18,10 +18,10 @@ import torch
 from transformers import PreTrainedModel
 
 from infokv import methods
-from infokv.cache import KVState, cache_argument_name
-from infokv.capture import attention_scaling, output_logits, rotary_function
+from infokv.cache import KVState
+from infokv.capture import forward_hidden, output_logits, rotary_function
 from infokv.decode_signals import DecodeTracker, LayerEntries
-from infokv.hooks import ForwardContext, forward_context, layer_output_hooks, prerope_query_hooks
+from infokv.hooks import layer_output_hooks, prerope_query_hooks
 from infokv.methods.base import Method
 from infokv.sampling import Sampler
 from infokv.scoring import DecodeLayerView
@@ -41,12 +41,7 @@ class DecodeCompression:
     def build(
         cls, method: str | Method, ratio: float, every: int = 1024, compress_prompt: bool = False
     ) -> DecodeCompression:
-        resolved = methods.get(method)
-        if "decode" not in resolved.phases:
-            raise ValueError(
-                f"method {resolved.name!r} cannot compress while decoding; "
-                f"use one of {methods.available('decode')}"
-            )
+        resolved = methods.get_for_phase(method, "decode")
         if not isinstance(ratio, int | float) or not 0.0 < ratio <= 1.0:
             raise ValueError(f"decode ratio {ratio!r} is not allowed; use 0 < ratio <= 1 (e.g. 0.25)")
         if not isinstance(every, int) or every < 1:
@@ -104,12 +99,7 @@ def _compress_rows(
     for layer, entries in enumerate(layers):
         keys, values = state.layer(layer)
         keys, values = keys[rows], values[rows]
-        valid = state.valid[layer]
-        valid = (
-            torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
-            if valid is None
-            else valid[rows]
-        )
+        valid = state.valid_mask(layer)[rows]
         group_entries = entries.rows(rows)
         view = DecodeLayerView(keys, values, valid, group_entries, scaling, rotary, next_positions[rows])
         scores = method.score(view)
@@ -132,9 +122,7 @@ def _everything(state: KVState, layer: int, rows: slice) -> Selection:
     keys = state.layer(layer)[0][rows]
     batch, heads, length, _ = keys.shape
     indices = torch.arange(length, device=keys.device).expand(batch, heads, length)
-    valid = state.valid[layer]
-    valid = torch.ones(batch, length, dtype=torch.bool, device=keys.device) if valid is None else valid[rows]
-    return Selection(indices, valid)
+    return Selection(indices, state.valid_mask(layer)[rows])
 
 
 @dataclass
@@ -190,9 +178,8 @@ def decode(
     tokens: list[list[int]] = [[] for _ in range(rows)]
     stats = [RowStats() for _ in range(rows)]
     stops = torch.tensor(list(stop_ids), device=logits.device, dtype=torch.long)
-    base = model.base_model
-    cache_name = cache_argument_name(base)
     to_logits = output_logits(model)
+    rotary = rotary_function(model)
     on_attention = tracker.on_attention if tracker.needs_attention else None
     start_clock = time.perf_counter()
     _record_entries(batch, stats)
@@ -218,31 +205,25 @@ def decode(
                 batch.keep_rows(keep)
                 tracker.layers = batch.layers
             producing = sampler.distribution(logits)
-            batch.state.extend_valid(None, 1, token.shape[0])
-            with forward_context(model, ForwardContext(batch.state, on_attention)):
-                output = base(
-                    input_ids=token[:, None],
-                    position_ids=batch.positions[:, None],
-                    use_cache=True,
-                    **{cache_name: batch.state.cache},
-                )
-            logits = to_logits(output.last_hidden_state[:, -1]).float()
+            hidden = forward_hidden(
+                model, batch.state, token[:, None], batch.positions[:, None], None, on_attention
+            )
+            logits = to_logits(hidden[:, -1]).float()
             tracker.append(batch.positions, producing, logits)
             batch.positions = batch.positions + 1
             _record_entries(batch, stats)
-            _maybe_compress(batch, tracker, compressions, generated, stats, model)
+            _maybe_compress(batch, tracker, compressions, generated, stats, rotary)
     elapsed = time.perf_counter() - start_clock
     for row in batch.active:
         stats[row].seconds = elapsed
     return tokens, stats
 
 
-def _record_entries(batch: DecodeBatch, stats: list[RowStats]) -> list[int]:
+def _record_entries(batch: DecodeBatch, stats: list[RowStats]) -> None:
     entries = batch.state.valid_counts().amax(dim=0).tolist()
     for row, count in zip(batch.active, entries, strict=True):
         stats[row].peak_entries = max(stats[row].peak_entries, int(count))
         stats[row].final_entries = int(count)
-    return entries
 
 
 def _maybe_compress(
@@ -251,7 +232,7 @@ def _maybe_compress(
     compressions: Sequence[DecodeCompression | None],
     generated: int,
     stats: list[RowStats],
-    model: PreTrainedModel,
+    rotary,
 ) -> None:
     due = [
         (group, rows)
@@ -274,8 +255,8 @@ def _maybe_compress(
                     generated,
                     batch.prompt_lengths,
                     batch.positions,
-                    attention_scaling(model),
-                    rotary_function(model),
+                    tracker.scaling,
+                    rotary,
                 )
             )
         else:

@@ -18,15 +18,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from infokv import methods
 from infokv.budget import Budget
-from infokv.cache import KVState, cache_argument_name
-from infokv.capture import Captured, output_logits, prefill
+from infokv.cache import KVState
+from infokv.capture import Captured, forward_hidden, output_logits, prefill
 from infokv.decode_signals import DecodeTracker, entries_from_prefill
 from infokv.decoding import DecodeBatch, DecodeCompression, decode
 from infokv.hooks import (
-    ForwardContext,
     check_attention_implementation,
     check_full_attention_layers,
-    forward_context,
 )
 from infokv.methods.base import Method
 from infokv.sampling import Sampler
@@ -55,12 +53,7 @@ class Setting:
         compress_every: int = 1024,
         compress_prompt: bool = False,
     ) -> Setting:
-        resolved = methods.get(method)
-        if "prefill" not in resolved.phases:
-            raise ValueError(
-                f"method {resolved.name!r} cannot compress a prefill; "
-                f"use one of {methods.available('prefill')}"
-            )
+        resolved = methods.get_for_phase(method, "prefill")
         parsed = Budget.parse(budget)
         if resolved.evicts:
             parsed.check_floor(resolved.floor)
@@ -207,26 +200,6 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
         elif source:
             ids.update(int(value) for value in source)
     return sorted(ids)
-
-
-def forward_hidden(
-    model: PreTrainedModel,
-    state: KVState,
-    input_ids: torch.Tensor,
-    positions: torch.Tensor,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Append (R, q) tokens at explicit ``positions`` to the cache; final hidden states (R, q, hidden)."""
-    state.extend_valid(valid, input_ids.shape[1], input_ids.shape[0])
-    base = model.base_model
-    with forward_context(model, ForwardContext(state)):
-        output = base(
-            input_ids=input_ids,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_argument_name(base): state.cache},
-        )
-    return output.last_hidden_state
 
 
 def forward_tokens(

@@ -25,19 +25,24 @@ def target(name: str, generated: int, ratio: float) -> int:
     return max(math.ceil(generated * ratio), method.window)
 
 
-@pytest.mark.parametrize("name", DECODERS[1:])
-def test_cache_stays_within_target_plus_interval(model, tokenizer, name):
-    completions = generate(
+def decode_full_prompt(model, tokenizer, name: str, ratio: float, every: int):
+    """Both prompts, prompt kept whole, 100 tokens compressed by ``name`` to ``ratio`` every ``every``."""
+    return generate(
         model,
         tokenizer,
         PROMPTS,
         "full",
         1.0,
         decode_method=name,
-        decode_ratio=0.25,
-        compress_every=24,
+        decode_ratio=ratio,
+        compress_every=every,
         **LONG,
     )
+
+
+@pytest.mark.parametrize("name", DECODERS[1:])
+def test_cache_stays_within_target_plus_interval(model, tokenizer, name):
+    completions = decode_full_prompt(model, tokenizer, name, ratio=0.25, every=24)
     for completion in completions:
         stats = completion.stats
         prompt = stats["prompt_tokens"]
@@ -57,28 +62,8 @@ def test_cache_stays_within_target_plus_interval(model, tokenizer, name):
 @pytest.mark.parametrize("name", DECODERS)
 def test_no_effective_compression_reproduces_uncompressed_generation(model, tokenizer, name):
     expected = [c.token_ids for c in generate(model, tokenizer, PROMPTS, "full", 1.0, **LONG)]
-    ratio_one = generate(
-        model,
-        tokenizer,
-        PROMPTS,
-        "full",
-        1.0,
-        decode_method=name,
-        decode_ratio=1.0,
-        compress_every=16,
-        **LONG,
-    )
-    rare = generate(
-        model,
-        tokenizer,
-        PROMPTS,
-        "full",
-        1.0,
-        decode_method=name,
-        decode_ratio=0.25,
-        compress_every=101,
-        **LONG,
-    )
+    ratio_one = decode_full_prompt(model, tokenizer, name, ratio=1.0, every=16)
+    rare = decode_full_prompt(model, tokenizer, name, ratio=0.25, every=101)
     assert [c.token_ids for c in ratio_one] == expected
     assert [c.token_ids for c in rare] == expected
     assert all(c.stats["compression_events"] == 0 for c in rare)

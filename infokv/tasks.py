@@ -93,6 +93,7 @@ class Sample:
     answer: str  # the gold passkey
     depth: float  # where the needle sits in the filler, 0 (start) to 1 (end)
     tokens: int  # length of ``prompt`` in tokens
+    body: str  # the user turn before chat formatting, without the question
 
     def pair(self) -> tuple[str, str]:
         """``(context, question)`` for ``compress='context_only'``."""
@@ -148,7 +149,7 @@ def passkey(
         if length <= tokens or not sentences:
             break
         sentences.pop()
-    return Sample(context + question, context, question, answer, depth, length)
+    return Sample(context + question, context, question, answer, depth, length, body)
 
 
 def passkey_samples(

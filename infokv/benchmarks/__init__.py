@@ -6,7 +6,9 @@ import importlib
 from types import ModuleType
 
 # name -> module under infokv.benchmarks
-_MODULES: dict[str, str] = {}
+_MODULES: dict[str, str] = {
+    "passkey": "passkey",
+}
 
 
 def available() -> list[str]:

@@ -1,0 +1,276 @@
+"""One job of an experiment: a model, a benchmark and a method at one or more budgets, scored sample
+by sample into a resumable run directory (:class:`infokv.results.RunStore`).
+
+The job's configuration is the resolved Hydra config (``conf/config.yaml``); :func:`check_job` checks
+everything that can be checked without a model (method and parameters, phase, budgets, benchmark,
+scenario, shard, W&B mode) and fails with one line. The scenarios:
+
+* ``prefill`` — the method compresses the prompt to each budget, then decoding keeps that cache;
+  all budgets of the job share one prefill per sample (:func:`infokv.generate_sweep`).
+* ``decode`` — the prompt is kept whole and the method compresses the generated tokens to
+  ``budget × generated`` every ``compress_every`` tokens.
+
+Every scored sample is appended to the run's JSONL at once with its prompt, completion, extracted
+answer, score, metrics and engine statistics; a rerun of the same configuration skips what is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from infokv import benchmarks, methods
+from infokv.budget import Budget
+from infokv.engine import COMPRESS_MODES, Setting, generate_sweep
+from infokv.methods.base import Method
+from infokv.models import load_model
+from infokv.results import RunStore, record_key
+from infokv.tracking import check_mode
+
+SCENARIOS = ("prefill", "decode")
+DTYPES = ("float32", "bfloat16", "float16")
+# Config sections that say what is computed; the rest (paths, launcher, W&B, progress, batch size,
+# shard, sample limit) says how or how much, so reruns that change it resume the same run.
+IDENTITY_KEYS = ("model", "benchmark", "scenario", "method", "budget", "cot", "seed", "max_new_tokens")
+SAMPLE_COUNT_KEYS = ("limit",)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a configuration asks for, checked."""
+
+    method: Method
+    budgets: tuple[Budget, ...]
+    settings: tuple[Setting, ...]
+    benchmark: ModuleType
+
+
+def _budgets(value: Any) -> tuple[Any, ...]:
+    items = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
+    if not items:
+        raise ValueError("budget is empty; give a ratio, a token count or a list of them")
+    return items
+
+
+def check_job(cfg: DictConfig) -> Job:
+    """Everything the configuration asks for, checked before any model work (one-line errors)."""
+    scenario = cfg.scenario.name
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario {scenario!r} is not one of {SCENARIOS}")
+    if cfg.model.dtype not in DTYPES:
+        raise ValueError(f"model.dtype {cfg.model.dtype!r} is not one of {DTYPES}")
+    params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
+    method = methods.get_for_phase(methods.get(cfg.method.name, **params), scenario)
+    raw_budgets = _budgets(OmegaConf.to_container(cfg, resolve=True)["budget"])
+    if scenario == "prefill":
+        if cfg.scenario.compress not in COMPRESS_MODES:
+            raise ValueError(f"scenario.compress {cfg.scenario.compress!r} is not one of {COMPRESS_MODES}")
+        specs = [(method, budget) for budget in raw_budgets]
+    else:
+        for budget in raw_budgets:
+            if not isinstance(budget, float | int) or isinstance(budget, bool) or not 0 < budget <= 1:
+                raise ValueError(f"budget {budget!r}: the decode scenario takes ratios 0 < r <= 1")
+        specs = [("full", 1.0, method, float(budget)) for budget in raw_budgets]
+    options = {}
+    if scenario == "decode":
+        options = {
+            "compress_every": cfg.scenario.compress_every,
+            "compress_prompt": cfg.scenario.compress_prompt,
+        }
+    # Equal settings (the full cache at two budgets) are one setting: dict.fromkeys keeps the first.
+    settings = tuple(
+        dict.fromkeys(
+            Setting.build(*spec, **options) if len(spec) == 4 else Setting.build(*spec) for spec in specs
+        )
+    )
+    shard = cfg.shard
+    if not (isinstance(shard.count, int) and shard.count >= 1 and isinstance(shard.index, int)):
+        raise ValueError(f"shard {shard.index}/{shard.count}: count must be an integer >= 1")
+    if not 0 <= shard.index < shard.count:
+        raise ValueError(
+            f"shard.index {shard.index} must be in [0, {shard.count}) for shard.count {shard.count}"
+        )
+    check_mode(cfg.wandb)
+    return Job(
+        method, tuple(Budget.parse(b) for b in raw_budgets), settings, benchmarks.get(cfg.benchmark.name)
+    )
+
+
+def identity(cfg: DictConfig) -> dict:
+    """The part of the configuration that decides the results (see :data:`IDENTITY_KEYS`)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    chosen = {key: resolved[key] for key in IDENTITY_KEYS}
+    chosen["benchmark"] = {k: v for k, v in chosen["benchmark"].items() if k not in SAMPLE_COUNT_KEYS}
+    chosen["model"] = {k: v for k, v in chosen["model"].items() if k != "threads"}
+    return chosen
+
+
+def run_directory(cfg: DictConfig, job: Job) -> Path:
+    """``<output_dir>/<benchmark>/<model>/<scenario>/<method>@<budgets>-<cot|direct>-<hash>``."""
+    digest = hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    budgets = "_".join(budget.label() for budget in job.budgets)
+    style = "cot" if cfg.cot else "direct"
+    model = str(cfg.model.name).strip("/").replace("/", "__")
+    name = f"{job.method.name}@{budgets}-{style}-{digest}"
+    return Path(cfg.output_dir) / cfg.benchmark.name / model / cfg.scenario.name / name
+
+
+def environment() -> dict:
+    """Package versions, git commit and host of this run, for the run directory."""
+    import transformers
+
+    from infokv import __version__
+
+    repository = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=repository, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "infokv": __version__,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def load_samples(cfg: DictConfig, benchmark: ModuleType, tokenizer) -> list:
+    """The benchmark's samples; generators and builders also get the tokenizer (lengths in tokens)."""
+    options = OmegaConf.to_container(cfg.benchmark.options, resolve=True) or {}
+    if "tokenizer" in inspect.signature(benchmark.load).parameters:
+        options["tokenizer"] = tokenizer
+    return benchmark.load(cfg.benchmark.source, cfg.benchmark.limit, **options)
+
+
+def _prompt_input(prompt, compress: str):
+    return prompt.pair() if compress == "context_only" else prompt.text
+
+
+def _record(cfg, sample, draw: int, setting: Setting, prompt, completion, scored) -> dict:
+    return {
+        "benchmark": cfg.benchmark.name,
+        "model": str(cfg.model.name),
+        "scenario": cfg.scenario.name,
+        "method": cfg.method.name,
+        "budget": setting.budget.label() if setting.decode is None else f"{setting.decode.ratio:g}",
+        "cot": bool(cfg.cot),
+        "setting": setting.label(),
+        "sample_id": sample.id,
+        "sample_index": draw,
+        "score": float(scored.value),
+        "metrics": {name: float(value) for name, value in scored.metrics.items()},
+        "extracted": scored.extracted
+        if isinstance(scored.extracted, str | int | float | None)
+        else str(scored.extracted),
+        "details": dict(scored.details),
+        "prompt": prompt.text,
+        "completion": completion.text,
+        "stats": completion.stats,
+    }
+
+
+def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
+    """Run (or resume) one job; return its run directory and its summary table."""
+    job = check_job(cfg)
+    directory = run_directory(cfg, job)
+    store = RunStore(directory, cfg.shard.index, cfg.shard.count)
+    if cfg.model.threads:
+        torch.set_num_threads(int(cfg.model.threads))
+    model, tokenizer = load_model(
+        cfg.model.name,
+        dtype=getattr(torch, cfg.model.dtype),
+        device=cfg.model.device,
+        attn_implementation=cfg.model.attn_implementation,
+    )
+    samples = load_samples(cfg, job.benchmark, tokenizer)
+    seeds = {sample.id: cfg.seed + index for index, sample in enumerate(samples)}
+    mine = samples[cfg.shard.index :: cfg.shard.count]
+    store.open(OmegaConf.to_yaml(cfg, resolve=True), environment())
+    done = store.done()
+    draws = cfg.scenario.samples
+    labels = [setting.label() for setting in job.settings]
+    pending = [
+        s for s in mine if any((s.id, label, draw) not in done for label in labels for draw in range(draws))
+    ]
+    scenario = cfg.scenario
+    compress = scenario.get("compress", "prompt")
+    with tqdm(
+        total=len(mine),
+        initial=len(mine) - len(pending),
+        desc=directory.name,
+        disable=not cfg.progress,
+        unit="sample",
+    ) as bar:
+        for start in range(0, len(pending), cfg.batch_size):
+            batch = pending[start : start + cfg.batch_size]
+            prompts = [job.benchmark.prompt(sample, bool(cfg.cot), tokenizer) for sample in batch]
+            outputs = generate_sweep(
+                model,
+                tokenizer,
+                [_prompt_input(p, compress) for p in prompts],
+                list(job.settings),
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=scenario.temperature,
+                top_p=scenario.top_p,
+                seed=[seeds[sample.id] for sample in batch],
+                compress=compress,
+                samples=draws,
+                prefill_chunk=scenario.prefill_chunk,
+                compress_every=scenario.get("compress_every", 1024),
+                compress_prompt=scenario.get("compress_prompt", False),
+            )
+            for position, (sample, prompt) in enumerate(zip(batch, prompts, strict=True)):
+                records = []
+                for setting, completions in zip(job.settings, outputs, strict=True):
+                    for draw in range(draws):
+                        completion = completions[position * draws + draw]
+                        scored = job.benchmark.score(sample, completion.text)
+                        records.append(_record(cfg, sample, draw, setting, prompt, completion, scored))
+                store.append(r for r in records if record_key(r) not in done)
+                bar.update(1)
+    return directory, summarise(store.records())
+
+
+def summarise(records: list[dict]) -> pd.DataFrame:
+    """Mean score and every metric per (benchmark, model, scenario, method, budget, cot), with counts."""
+    if not records:
+        return pd.DataFrame()
+    frame = pd.DataFrame(
+        [
+            {
+                **{k: r[k] for k in ("benchmark", "model", "scenario", "method", "budget", "cot")},
+                "score": r["score"],
+                **{f"metric.{n}": v for n, v in r["metrics"].items()},
+            }
+            for r in records
+        ]
+    )
+    keys = ["benchmark", "model", "scenario", "method", "budget", "cot"]
+    grouped = frame.groupby(keys, sort=False)
+    table = grouped.mean(numeric_only=True)
+    table.insert(0, "n", grouped.size())
+    return table.reset_index()

@@ -1,0 +1,89 @@
+"""Weights & Biases logging that is never required: offline by default, ``false`` turns it off.
+
+``mode`` is ``"offline"`` (the default: files under the run directory, ``wandb sync`` uploads them
+later), ``"online"`` (only when the user asks) or ``"disabled"``/``False``. Any W&B failure — the
+package missing, no credentials, a network error — is logged and the experiment goes on without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MODES = ("offline", "online", "disabled")
+
+
+def check_mode(mode: object) -> str:
+    """``False``/``None`` → ``"disabled"``; anything but :data:`MODES` is a one-line error."""
+    if mode is False or mode is None:
+        return "disabled"
+    if mode not in MODES:
+        raise ValueError(f"wandb mode {mode!r} is not allowed; use one of {MODES} or false")
+    return str(mode)
+
+
+class Tracker:
+    """One W&B run, or a no-op when disabled or unavailable."""
+
+    def __init__(
+        self,
+        mode: object,
+        project: str,
+        config: Mapping[str, Any],
+        directory: Path,
+        name: str | None = None,
+        job_type: str = "evaluation",
+    ) -> None:
+        self.run = None
+        mode = check_mode(mode)
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+
+            directory.mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(
+                project=project,
+                mode=mode,
+                dir=str(directory),
+                name=name,
+                job_type=job_type,
+                config=dict(config),
+                reinit="finish_previous",
+            )
+        except Exception as error:  # noqa: BLE001 - logging must never stop the experiment
+            log.warning("W&B disabled: %s", error)
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def log_table(self, name: str, rows: Sequence[Mapping[str, Any]] | Any) -> None:
+        """Log a table from a list of flat dicts or a pandas DataFrame."""
+        if self.run is None:
+            return
+        import pandas as pd
+        import wandb
+
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+        self.run.log({name: wandb.Table(dataframe=frame)})
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        if self.run is not None:
+            self.run.summary.update(dict(metrics))
+
+    def log_figure(self, name: str, path: Path) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        self.run.log({name: wandb.Image(str(path))})
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

@@ -7,6 +7,9 @@ from types import ModuleType
 
 # name -> module under infokv.benchmarks
 _MODULES: dict[str, str] = {
+    "aime": "aime",
+    "gsm8k": "gsm8k",
+    "math500": "math500",
     "passkey": "passkey",
 }
 

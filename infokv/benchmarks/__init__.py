@@ -12,6 +12,8 @@ _MODULES: dict[str, str] = {
     "longreason": "longreason",
     "math500": "math500",
     "passkey": "passkey",
+    "ruler_niah": "ruler_niah",
+    "ruler_vt": "ruler_vt",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fake_hub import fake_hub
 from transformers import AutoTokenizer
 
 from infokv.benchmarks import gsm8k, longreason
@@ -126,3 +127,13 @@ def test_bad_options_are_one_line_errors(smollm_tokenizer):
         longreason.load(limit=1, tokens=50, tokenizer=smollm_tokenizer)
     with pytest.raises(ValueError, match=r"^longreason: the hub has no split for tokens=5000; allowed: 8192"):
         longreason.load("hub", tokens=5000)
+
+
+def test_hub_source_reads_the_split_of_the_requested_length(monkeypatch):
+    calls = fake_hub(
+        monkeypatch, {("lz1bytedance/LongReason", None, "32k"): [HUB_ROW, {**HUB_ROW, "example_idx": 18}]}
+    )
+    samples = longreason.load("hub", tokens=32768, limit=1)
+    assert [s.id for s in samples] == ["longreason-32k-17"] and calls == [
+        ("lz1bytedance/LongReason", None, "32k")
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fake_hub import fake_hub
 from transformers import AutoTokenizer
 
 from infokv.benchmarks import aime, gsm8k, math500
@@ -145,3 +146,39 @@ def test_checksum_mismatch_stops_the_offline_load(tmp_path, monkeypatch):
     expected = rf"^sha256 mismatch for {cached}: expected {gsm8k.OFFLINE.sha256}, got"
     with pytest.raises(ChecksumError, match=expected):
         gsm8k.load()
+
+
+def test_hub_sources_ask_for_the_official_ids_and_map_their_rows(monkeypatch):
+    aime24 = [
+        {"id": 60 + i, "problem": f"P{i}", "answer": str(i), "url": "u", "year": "2024"} for i in range(30)
+    ]
+    calls = fake_hub(
+        monkeypatch,
+        {
+            ("HuggingFaceH4/aime_2024", None, "train"): aime24,
+            ("opencompass/AIME2025", "AIME2025-I", "test"): [{"question": "I1", "answer": "70"}],
+            ("opencompass/AIME2025", "AIME2025-II", "test"): [{"question": "II1", "answer": "468"}],
+            ("HuggingFaceH4/MATH-500", None, "test"): [
+                {"problem": "Q", "answer": "\\frac{1}{2}", "level": 3}
+            ],
+            ("openai/gsm8k", "main", "test"): [{"question": "Q", "answer": "3 + 4 = 7\n#### 7"}],
+        },
+    )
+    assert [s.id for s in aime.load("hub", limit=2)] == ["aime2024-0", "aime2024-1"]
+    assert [(s.id, s.question) for s in aime.load("hub", year=2025)] == [
+        ("aime2025-0", "I1"),
+        ("aime2025-1", "II1"),
+    ]
+    (math_sample,) = math500.load("hub")
+    assert math500.score(math_sample, "so \\boxed{0.5}").value == 1.0
+    assert [(s.id, s.answer) for s in gsm8k.load("hub")] == [("gsm8k-test-0000", "7")]
+    assert calls == [
+        ("HuggingFaceH4/aime_2024", None, "train"),
+        ("opencompass/AIME2025", "AIME2025-I", "test"),
+        ("opencompass/AIME2025", "AIME2025-II", "test"),
+        ("HuggingFaceH4/MATH-500", None, "test"),
+        ("openai/gsm8k", "main", "test"),
+    ]
+    fake_hub(monkeypatch, {("openai/gsm8k", "main", "test"): [{"question": "Q"}]})
+    with pytest.raises(DataError, match=r"^openai/gsm8k\[main\]:test:row 0: missing field 'answer'$"):
+        gsm8k.load("hub")

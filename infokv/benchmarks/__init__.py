@@ -9,6 +9,7 @@ from types import ModuleType
 _MODULES: dict[str, str] = {
     "aime": "aime",
     "gsm8k": "gsm8k",
+    "ifeval": "ifeval",
     "longreason": "longreason",
     "math500": "math500",
     "passkey": "passkey",

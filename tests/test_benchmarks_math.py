@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 from infokv.benchmarks import aime, gsm8k, math500
 from infokv.benchmarks.base import DataError
 from infokv.benchmarks.math_answers import equivalent, extract_answer, gsm8k_final
+from infokv.benchmarks.math_problems import MMATH
 from infokv.benchmarks.sources import load_from
 from infokv.fetch import ChecksumError
 from infokv.models import ensure_embedded
@@ -138,14 +139,22 @@ def test_bad_source_year_and_limit_are_one_line_errors():
         load_from("x", "auto", 0, {"offline": lambda n: []}, lambda path, n: [])
 
 
-def test_checksum_mismatch_stops_the_offline_load(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "load, cached_file, sha256",
+    [
+        (gsm8k.load, "data/gsm8k/cases.jsonl", gsm8k.OFFLINE.sha256),
+        (math500.load, "data/mmath/en.json", MMATH.sha256),
+    ],
+)
+def test_checksum_mismatch_stops_the_offline_load(tmp_path, monkeypatch, load, cached_file, sha256):
     monkeypatch.setenv("INFOKV_CACHE", str(tmp_path))
-    cached = tmp_path / "data" / "gsm8k" / "cases.jsonl"
+    cached = tmp_path / cached_file
     cached.parent.mkdir(parents=True)
-    cached.write_text('{"id": "gsm8k-test-0000", "prompt": "tampered", "expected": "1"}\n')
-    expected = rf"^sha256 mismatch for {cached}: expected {gsm8k.OFFLINE.sha256}, got"
-    with pytest.raises(ChecksumError, match=expected):
-        gsm8k.load()
+    cached.write_text("[]\n")
+    with pytest.raises(
+        ChecksumError, match=rf"^sha256 mismatch for {cached}: expected {sha256}, got [0-9a-f]+$"
+    ):
+        load()
 
 
 def test_hub_sources_ask_for_the_official_ids_and_map_their_rows(monkeypatch):

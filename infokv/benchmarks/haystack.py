@@ -84,7 +84,8 @@ def fit(
     tolerance: float = 0.005,
 ) -> str:
     """The essay filler for which ``render(filler)`` (the whole prompt) has ``tokens`` tokens within
-    ``tolerance``; a one-line error when the prompt without filler is already too long."""
+    ``tolerance`` (else the closest found in a few rounds); a one-line error when the prompt without
+    filler is already too long."""
     if not isinstance(tokens, int) or tokens < 1:
         raise ValueError(f"tokens {tokens!r} must be a positive integer")
     overhead = count_tokens(tokenizer, render(""))
@@ -93,16 +94,18 @@ def fit(
     source = essay_filler(seed, tokens * _CHARS_PER_TOKEN_BOUND)
     offsets = tokenizer(source, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     ends = [stop for _, stop in offsets]
-    wanted = tokens - overhead
-    filler, slack = "", max(1, int(tolerance * tokens))
+    wanted, slack = tokens - overhead, max(1, int(tolerance * tokens))
+    best, best_error = "", tokens
     for _ in range(_MAX_ROUNDS):
         wanted = min(max(wanted, 1), len(ends))
         filler = source[: ends[wanted - 1]]
         error = tokens - count_tokens(tokenizer, render(filler))
+        if abs(error) < abs(best_error):
+            best, best_error = filler, error
         if abs(error) <= slack:
-            return filler
+            break
         wanted += error
-    return filler
+    return best
 
 
 def position_of(text: str, part: str) -> float:

@@ -9,10 +9,11 @@ Sources:
 * ``builder`` (default, offline): a LongReason-style set built here. Each GSM8K problem (offline mirror,
   :mod:`infokv.benchmarks.gsm8k`) is split into sentences; all but the last (the facts) are scattered,
   in order, at seeded sentence boundaries of Paul Graham's essays (:mod:`infokv.benchmarks.haystack`),
-  and the last (the question) is asked after the context. The amount of essay text is fitted so that
-  the chat-formatted prompt has ``tokens`` tokens of the model's tokenizer (within 0.5%; pass
-  ``tokenizer=``). The gold answer is GSM8K's number, scored with math-verify
-  (:mod:`infokv.benchmarks.math_answers`). Deterministic in (tokenizer, tokens, seed, problem).
+  and the last (the question) is asked after the context; one-sentence problems are skipped. The
+  amount of essay text is fitted so that the chat-formatted prompt has ``tokens`` tokens of the
+  model's tokenizer (within 0.5%; pass ``tokenizer=``). The gold answer is GSM8K's number, scored
+  with math-verify (:mod:`infokv.benchmarks.math_answers`). Deterministic in (tokenizer, tokens,
+  seed, problem).
 * ``hub``: the official ``lz1bytedance/LongReason`` (794 multiple-choice questions; one split per
   context length: ``8k``, ``16k``, ``32k``, ``64k``, ``128k``, picked by ``tokens``). Row fields:
   ``background`` (the expanded long context), ``final_inquiry`` (the question with its options),
@@ -94,7 +95,9 @@ def _builder(
 ) -> list[Sample]:
     if tokenizer is None:
         raise ValueError("longreason: the builder measures length in the model's tokens; pass tokenizer=")
-    return [build(problem, tokenizer, tokens, seed) for problem in gsm8k.load(problems, limit)]
+    # A one-sentence problem has no facts to scatter: it would test nothing about the long context.
+    usable = [problem for problem in gsm8k.load(problems) if len(split_sentences(problem.question)) > 1]
+    return [build(problem, tokenizer, tokens, seed) for problem in usable[:limit]]
 
 
 def from_hub_row(row: dict[str, Any], split: str, where: str) -> Sample:

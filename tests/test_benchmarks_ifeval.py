@@ -264,18 +264,19 @@ def test_fallback_sentence_tokenizer_is_used_and_recorded(monkeypatch):
     monkeypatch.setattr(nltk, "download", no_download)
     monkeypatch.setattr(ifeval, "punkt_tab_available", lambda: False)
     original = nltk.tokenize.sent_tokenize
-    # The regex splitter keeps "Dr." and "3.5" inside their sentences: two sentences, not four.
+    # Untrained Punkt keeps the decimal "3.5" but, knowing no abbreviations, ends a sentence at "Dr.":
+    # three sentences (punkt_tab would count two).
     text = "Dr. Smith measured 3.5 litres. He was pleased."
     fewer = _sample("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 3})
     more = _sample("length_constraints:number_sentences", {"relation": "at least", "num_sentences": 3})
-    assert ifeval.score(fewer, text).value == 1.0
-    assert ifeval.score(more, text).value == 0.0
+    assert ifeval.score(fewer, text).value == 0.0
+    assert ifeval.score(more, text).value == 1.0
     capitals = _sample(
         "change_case:capital_word_frequency", {"capital_relation": "at least", "capital_frequency": 2}
     )
     result = ifeval.score(capitals, "Read THIS. Then THAT.")  # word_tokenize splits sentences too
     assert result.value == 1.0
-    assert result.details["sentence_tokenizer"] == ifeval.FALLBACK == "fallback-regex"
+    assert result.details["sentence_tokenizer"] == ifeval.FALLBACK == "fallback-punkt-untrained"
     assert nltk.tokenize.sent_tokenize is original  # restored after scoring
 
 

@@ -34,7 +34,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from infokv import benchmarks, methods
-from infokv.budget import Budget
 from infokv.engine import COMPRESS_MODES, Setting, generate_sweep
 from infokv.methods.base import Method
 from infokv.models import load_model
@@ -54,7 +53,6 @@ class Job:
     """What a configuration asks for, checked."""
 
     method: Method
-    budgets: tuple[Budget, ...]
     settings: tuple[Setting, ...]
     benchmark: ModuleType
 
@@ -105,9 +103,7 @@ def check_job(cfg: DictConfig) -> Job:
             f"shard.index {shard.index} must be in [0, {shard.count}) for shard.count {shard.count}"
         )
     check_mode(cfg.wandb)
-    return Job(
-        method, tuple(Budget.parse(b) for b in raw_budgets), settings, benchmarks.get(cfg.benchmark.name)
-    )
+    return Job(method, settings, benchmarks.get(cfg.benchmark.name))
 
 
 def identity(cfg: DictConfig) -> dict:
@@ -122,7 +118,7 @@ def identity(cfg: DictConfig) -> dict:
 def run_directory(cfg: DictConfig, job: Job) -> Path:
     """``<output_dir>/<benchmark>/<model>/<scenario>/<method>@<budgets>-<cot|direct>-<hash>``."""
     digest = hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    budgets = "_".join(budget.label() for budget in job.budgets)
+    budgets = "_".join(dict.fromkeys(_budget_label(setting) for setting in job.settings))
     style = "cot" if cfg.cot else "direct"
     model = str(cfg.model.name).strip("/").replace("/", "__")
     name = f"{job.method.name}@{budgets}-{style}-{digest}"
@@ -166,6 +162,11 @@ def load_samples(cfg: DictConfig, benchmark: ModuleType, tokenizer) -> list:
     return benchmark.load(cfg.benchmark.source, cfg.benchmark.limit, **options)
 
 
+def _budget_label(setting: Setting) -> str:
+    """The budget a setting stands for: the prefill budget, or the decode ratio."""
+    return setting.budget.label() if setting.decode is None else f"{setting.decode.ratio:g}"
+
+
 def _prompt_input(prompt, compress: str):
     return prompt.pair() if compress == "context_only" else prompt.text
 
@@ -176,7 +177,7 @@ def _record(cfg, sample, draw: int, setting: Setting, prompt, completion, scored
         "model": str(cfg.model.name),
         "scenario": cfg.scenario.name,
         "method": cfg.method.name,
-        "budget": setting.budget.label() if setting.decode is None else f"{setting.decode.ratio:g}",
+        "budget": _budget_label(setting),
         "cot": bool(cfg.cot),
         "setting": setting.label(),
         "sample_id": sample.id,

@@ -1,0 +1,46 @@
+"""Tables and figure of the paper's two experiments from their run directories.
+
+    python experiments/reproduce_table.py [--size paper|small] [--runs runs] [--results results]
+
+Reads every run below ``<runs>/<size>_prefill`` and ``<runs>/<size>_decode`` (written by
+``infokv-run experiment=<size>_prefill`` / ``<size>_decode``; ``make reproduce-table`` runs both), and
+writes ``<results>/tables/<size>.csv`` (long form: accuracy, agreement with the full cache, n per
+scenario, model, benchmark, method, budget and CoT/direct), ``<size>_<scenario>.md`` and ``.tex`` (the
+paper's layout: methods × benchmarks × budgets, "CoT / direct" cells) and
+``<results>/figures/accuracy_vs_budget_<size>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from infokv.plots import accuracy_vs_budget
+from infokv.results import load_frame, run_directories
+from infokv.tables import accuracy, write_tables
+
+SIZES = ("paper", "small")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=SIZES, default="paper")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run directories")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="where tables/ and figures/ go")
+    args = parser.parse_args(argv)
+    roots = [args.runs / f"{args.size}_{scenario}" for scenario in ("prefill", "decode")]
+    directories = [directory for root in roots if root.exists() for directory in run_directories(root)]
+    if not directories:
+        parser.error(
+            f"no runs under {' or '.join(map(str, roots))}; run `make reproduce-table SIZE={args.size}`"
+        )
+    table = accuracy(load_frame(directories))
+    for path in write_tables(table, args.results / "tables", args.size):
+        print("wrote", path)
+    figure = accuracy_vs_budget(table, args.results / "figures" / f"accuracy_vs_budget_{args.size}.png")
+    print("wrote", figure)
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,8 @@ Reads every run below ``<runs>/<size>_prefill`` and ``<runs>/<size>_decode`` (wr
 writes ``<results>/tables/<size>.csv`` (long form: accuracy, agreement with the full cache, n per
 scenario, model, benchmark, method, budget and CoT/direct), ``<size>_<scenario>.md`` and ``.tex`` (the
 paper's layout: methods × benchmarks × budgets, "CoT / direct" cells) and
-``<results>/figures/accuracy_vs_budget_<size>.png``.
+``<results>/figures/accuracy_vs_budget_<size>.png``; the table and the figure also go to W&B (offline by
+default, ``--wandb false`` turns it off).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from infokv.plots import accuracy_vs_budget
 from infokv.results import load_frame, run_directories
 from infokv.tables import accuracy, write_tables
+from infokv.tracking import Tracker
 
 SIZES = ("paper", "small")
 
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=SIZES, default="paper")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run directories")
     parser.add_argument("--results", type=Path, default=Path("results"), help="where tables/ and figures/ go")
+    parser.add_argument("--wandb", default="offline", help="offline (default) | online | false")
     args = parser.parse_args(argv)
     roots = [args.runs / f"{args.size}_{scenario}" for scenario in ("prefill", "decode")]
     directories = [directory for root in roots if root.exists() for directory in run_directories(root)]
@@ -39,6 +42,17 @@ def main(argv: list[str] | None = None) -> None:
         print("wrote", path)
     figure = accuracy_vs_budget(table, args.results / "figures" / f"accuracy_vs_budget_{args.size}.png")
     print("wrote", figure)
+    tracker = Tracker(
+        False if args.wandb == "false" else args.wandb,
+        "infokv",
+        {"size": args.size, "runs": [str(d) for d in directories]},
+        Path("outputs") / "reproduce_table",
+        name=f"reproduce_table_{args.size}",
+        job_type="tables",
+    )
+    tracker.log_table("accuracy", table)
+    tracker.log_figure("accuracy_vs_budget", figure)
+    tracker.finish()
     print(table.to_string(index=False))
 
 

@@ -299,7 +299,8 @@ def _landlock(directory: str) -> list[str]:
     for path, rights in ((directory, fs), ("/dev/null", fs & LANDLOCK_FILE_WRITE)):
         handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
         rule = _PathBeneathAttr(rights, handle)
-        added = _libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0)
+        kind = LANDLOCK_RULE_PATH_BENEATH
+        added = _libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, kind, ctypes.byref(rule), 0)
         _check(added, f"landlock rule for {path}")
         os.close(handle)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")

@@ -9,7 +9,9 @@ from types import ModuleType
 _MODULES: dict[str, str] = {
     "aime": "aime",
     "gsm8k": "gsm8k",
+    "humaneval": "humaneval",
     "ifeval": "ifeval",
+    "livecodebench": "livecodebench",
     "longreason": "longreason",
     "math500": "math500",
     "passkey": "passkey",

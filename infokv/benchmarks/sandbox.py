@@ -18,7 +18,8 @@ What is enforced, and by whom (``RunResult.isolation`` lists the layers that wer
   The code runs as the host's user: a root host keeps root's file access (its interpreter may live
   under ``/root``), so writes are contained by Landlock, not by file permissions.
 * ``"cgroup-pids"`` — when the host runs as root (exempt from ``RLIMIT_NPROC``) and a ``pids`` cgroup
-  controller is mounted, the run gets its own cgroup with ``pids.max = processes``, removed afterwards.
+  controller is mounted, the run gets its own cgroup with ``pids.max = processes``; after the run every
+  task left in it is killed and the cgroup removed.
 * ``"userns"``, ``"netns"``, ``"pidns"`` — where unprivileged user namespaces are allowed (``unshare``),
   the child enters new user, network and PID namespaces: the network namespace has no interface but a
   downed loopback, so no connection can reach the host or the internet; ``RLIMIT_NPROC`` counts only
@@ -32,7 +33,9 @@ What is enforced, and by whom (``RunResult.isolation`` lists the layers that wer
   ``builtins``/``io``/``os`` (without ``landlock-fs``) by ones that refuse. These are a best effort:
   code that uses ``ctypes`` or re-imports C modules can get around them.
 * Outside a user namespace, ``RLIMIT_NPROC`` counts every process of the user: it is set to the
-  user's current count plus ``processes``, so concurrent sandboxes of one user share that margin.
+  user's current count plus ``processes``, so concurrent sandboxes of one user share that margin; and
+  without the PID namespace or the cgroup, a process that left the process group (``setsid``) and
+  sleeps outlives the run (a busy one still dies at its CPU limit).
 
 Reading is not restricted: the code can read whatever its user may read on the host. The sandbox
 contains the code; it does not defend a *score* against code written to fake a pass (``os._exit(0)``
@@ -44,6 +47,7 @@ standard library.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -143,9 +147,12 @@ def _pids_cgroup(name: str, processes: int) -> Path | None:
 
 
 def _remove_cgroup(cgroup: Path) -> None:
-    """Remove the run's cgroup once its last (killed) task is gone."""
+    """Kill every task left in the run's cgroup (also ones that left the process group), then remove it."""
     for _ in range(100):
         try:
+            for task in (cgroup / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(task), signal.SIGKILL)
             cgroup.rmdir()
             return
         except FileNotFoundError:
@@ -165,7 +172,7 @@ def _run_in(
         "cpu": limits.cpu,
         "memory": limits.memory_bytes,
         "processes": limits.processes,
-        "fsize": limits.output_bytes,
+        "fsize": limits.output_bytes + 1,  # one byte more shows that output was cut
     }
     (directory / "spec.json").write_text(json.dumps(spec))
     env = {"HOME": str(directory), "TMPDIR": str(directory), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}

@@ -1,0 +1,123 @@
+"""The sandbox for untrusted code: verdicts, and containment of loops, memory, writes, fork bombs, network."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from infokv.benchmarks.sandbox import TRUNCATED, Limits, run_python
+
+
+def processes_under(folder: Path) -> list[int]:
+    """Host processes whose working directory is (or was, before deletion) under ``folder``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.readlink(f"{entry.path}/cwd").startswith(str(folder)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_stages_share_names_and_read_stdin_in_their_own_directory():
+    code = "import os\nname = input()\nprint(name[::-1], os.getcwd() == os.environ['HOME'])"
+    result = run_python([code, "assert name == 'abc'\nopen('mine.txt', 'w').write('ok')"], stdin="abc\n")
+    assert (result.passed, result.reason) == (True, "passed")
+    assert result.stdout == "cba True\n"
+
+
+def test_a_failing_test_is_failed_with_its_traceback():
+    result = run_python(["def add(a, b):\n    return a - b", "assert add(2, 2) == 4, 'wrong sum'"])
+    assert (result.passed, result.reason) == (False, "failed")
+    assert "AssertionError: wrong sum" in result.stderr
+
+
+def test_exit_before_the_tests_is_a_failure_but_a_program_may_exit_cleanly():
+    early = run_python(["import sys\nsys.exit(0)", "assert False"])
+    assert (early.reason, early.detail) == ("failed", "sys.exit before the tests ran")
+    assert run_python(["print(1)\nraise SystemExit(0)"]).passed
+    assert run_python(["raise SystemExit(2)"]).reason == "failed"
+
+
+def test_an_infinite_loop_is_killed_at_the_wall_clock_timeout():
+    start = time.monotonic()
+    result = run_python(["while True:\n    pass"], limits=Limits(timeout=1.5))
+    assert (result.passed, result.reason) == (False, "timeout")
+    assert "wall clock" in result.detail
+    assert time.monotonic() - start < 5
+
+
+def test_cpu_time_is_limited_by_the_kernel():
+    result = run_python(["while True:\n    pass"], limits=Limits(timeout=20, cpu_seconds=1))
+    assert result.reason == "timeout" and "CPU time" in result.detail
+    assert result.wall_seconds < 5
+
+
+def test_allocating_10_gb_is_a_memory_failure():
+    result = run_python(["block = bytearray(10 * 2**30)\nprint('allocated')"])
+    assert (result.passed, result.reason) == (False, "memory")
+    assert "allocated" not in result.stdout
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "python-guards"])
+def test_writing_outside_its_directory_fails_and_leaves_no_file(tmp_path, kernel):
+    target = tmp_path / "escaped.txt"
+    for code in (f"open({str(target)!r}, 'w').write('x')", f"import os\nos.mkdir({str(tmp_path / 'dir')!r})"):
+        result = run_python([code], namespaces_and_landlock=kernel)
+        assert (result.passed, result.reason) == (False, "failed"), result.isolation
+        assert "PermissionError" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    expected_layer = "landlock-fs" if kernel and "landlock-fs" in result.isolation else "python-guards"
+    assert expected_layer in result.isolation
+
+
+FORK_BOMB = "import os\nwhile True:\n    os.fork()"
+DETACHED_SLEEPERS = """import os, time
+for _ in range(8):
+    if os.fork() == 0:
+        os.setsid()
+        time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("code", [FORK_BOMB, DETACHED_SLEEPERS], ids=["fork-bomb", "detached-sleepers"])
+def test_forked_processes_are_contained_and_none_survives_the_run(tmp_path, code):
+    start = time.monotonic()
+    result = run_python([code], limits=Limits(timeout=5, processes=16), root=tmp_path)
+    assert time.monotonic() - start < 10
+    if code == FORK_BOMB:
+        assert not result.passed and result.reason in ("failed", "timeout", "killed"), result.reason
+    time.sleep(0.2)
+    assert processes_under(tmp_path) == [], result.isolation
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "python-guards"])
+def test_opening_a_network_connection_fails(kernel):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')"
+        result = run_python([code], namespaces_and_landlock=kernel)
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nothing reached the host's server
+    assert (result.passed, result.reason) == (False, "failed")
+    assert "Error" in result.stderr
+
+
+def test_output_is_truncated_and_the_sandbox_directory_removed(tmp_path):
+    result = run_python(["print('x' * 100_000)"], limits=Limits(output_bytes=1000), root=tmp_path)
+    assert result.stdout.endswith(TRUNCATED) and len(result.stdout) == 1000 + len(TRUNCATED)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_limits_and_stages_are_one_line_errors():
+    with pytest.raises(ValueError, match="timeout=0 must be positive"):
+        Limits(timeout=0)
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        run_python([])

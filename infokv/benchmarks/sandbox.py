@@ -35,7 +35,8 @@ What is enforced, and by whom (``RunResult.isolation`` lists the layers that wer
 * Outside a user namespace, ``RLIMIT_NPROC`` counts every process of the user: it is set to the
   user's current count plus ``processes``, so concurrent sandboxes of one user share that margin; and
   without the PID namespace or the cgroup, a process that left the process group (``setsid``) and
-  sleeps outlives the run (a busy one still dies at its CPU limit).
+  sleeps is found after the run by the ``INFOKV_SANDBOX`` variable of its environment and killed
+  (best effort: code could overwrite its environment block).
 
 Reading is not restricted: the code can read whatever its user may read on the host. The sandbox
 contains the code; it does not defend a *score* against code written to fake a pass (``os._exit(0)``
@@ -69,6 +70,7 @@ EXIT_FAILED = 1
 EXIT_MEMORY = 3
 EXIT_EARLY = 4  # sys.exit before the last stage: the tests never ran
 TRUNCATED = "\n[... output truncated ...]"
+MARK = "INFOKV_SANDBOX"  # environment variable naming the run, to find its processes
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def _run_in(
     (directory / "spec.json").write_text(json.dumps(spec))
     env = {"HOME": str(directory), "TMPDIR": str(directory), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     env |= {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    env[MARK] = directory.name
     report_read, report_write = os.pipe()
     start = time.monotonic()
     with (
@@ -203,6 +206,7 @@ def _run_in(
         except subprocess.TimeoutExpired:
             timed_out = True
         _kill_group(process.pid)
+        _kill_marked(f"{MARK}={directory.name}".encode())
         process.wait()
         wall = time.monotonic() - start
         with os.fdopen(report_read, "rb") as handle:
@@ -218,6 +222,20 @@ def _kill_group(group: int) -> None:
         os.killpg(group, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_marked(mark: bytes) -> None:
+    """SIGKILL the host user's processes whose environment carries ``mark`` (the run's own variable):
+    catches processes that left the process group where no PID namespace or cgroup holds them."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            mine = os.stat(entry.path).st_uid == os.geteuid()
+            if mine and mark in Path(entry.path, "environ").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            continue
 
 
 def _read_capped(handle, limit: int) -> str:
@@ -293,8 +311,28 @@ def _enter_namespaces() -> bool:
     return True
 
 
+def _namespaces_allowed() -> bool:
+    """Whether :func:`_enter_namespaces` works here, tried in a throwaway child: a half-made user
+    namespace (created, but its uid map refused, as under some AppArmor policies) cannot be left."""
+    probe = os.fork()
+    if probe == 0:
+        try:
+            os._exit(0 if _enter_namespaces() else 1)
+        except BaseException:
+            os._exit(1)
+    return os.waitpid(probe, 0)[1] == 0
+
+
 def _landlock(directory: str) -> list[str]:
-    """Restrict filesystem writes to ``directory`` (and /dev/null), and TCP where the ABI allows."""
+    """Restrict filesystem writes to ``directory`` (and /dev/null), and TCP where the ABI allows; [] where
+    Landlock is missing or refused (nothing is restricted until the last call succeeds)."""
+    try:
+        return _restrict_with_landlock(directory)
+    except OSError:
+        return []
+
+
+def _restrict_with_landlock(directory: str) -> list[str]:
     abi = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if abi < 1:
         return []
@@ -420,7 +458,7 @@ def _child_main(spec_path: str, report_fd: int) -> None:
         if spec["cgroup"]:
             Path(spec["cgroup"], "cgroup.procs").write_text(str(os.getpid()))
             isolation.append("cgroup-pids")
-        namespaced = spec["kernel"] and _enter_namespaces()
+        namespaced = spec["kernel"] and _namespaces_allowed() and _enter_namespaces()
         if namespaced:
             isolation += ["userns", "netns", "pidns"]
         if spec["kernel"]:

@@ -443,8 +443,8 @@ def _execute(stages: list[str]) -> int:
             return 0 if code is None else code if isinstance(code, int) else EXIT_FAILED
         except MemoryError:
             return EXIT_MEMORY
-        except BaseException:
-            traceback.print_exc()
+        except BaseException as error:  # the traceback without this runner's own frame
+            traceback.print_exception(type(error), error, error.__traceback__.tb_next)
             return EXIT_FAILED
     return 0
 

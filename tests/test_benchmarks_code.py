@@ -178,7 +178,7 @@ def test_livecodebench_hub_reads_the_release_files_and_bad_data_is_one_line(monk
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     assert [s.id for s in livecodebench.load("hub", limit=1, release="v2")] == ["lcb-two-sum"]
-    assert calls == [("livecodebench/code_generation_lite", ["test2.jsonl"], "train")]
+    assert calls == [("json", ["hf://datasets/livecodebench/code_generation_lite/test2.jsonl"], "train")]
     assert len(livecodebench.RELEASE_FILES["release_v5"]) == 5
     with pytest.raises(ValueError, match="release 'release_v9' is not one of"):
         livecodebench.load("hub", release="release_v9")

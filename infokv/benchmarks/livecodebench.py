@@ -21,8 +21,8 @@ Sources:
 
 * ``hub``: ``livecodebench/code_generation_lite``; ``release`` picks the version (``release_v1`` ...
   ``release_v6``, ``release_latest``: cumulative; ``v1`` ... ``v6``: only that release's new problems),
-  read as the release's JSONL files of the dataset repository (the dataset's loading script is not
-  run: ``datasets`` >= 4 runs no scripts);
+  read as the release's JSONL files of the dataset repository (``hf://datasets/...`` through
+  ``datasets``' JSON builder: the dataset's loading script is not run, as ``datasets`` >= 4 runs none);
 * a local ``.json``/``.jsonl`` file of rows shaped like the hub's: ``question_id``, ``question_content``,
   ``starter_code``, ``public_test_cases`` and ``private_test_cases`` (JSON lists of ``{"input",
   "output", "testtype"}``, as text; the private ones may be base64 of zlib of a pickled JSON string, as
@@ -123,7 +123,8 @@ def from_row(row: dict[str, Any], where: str, timeout: float) -> Sample:
 def _hub(release: str, limit: int | None, timeout: float) -> list[Sample]:
     import datasets
 
-    rows = datasets.load_dataset(HUB_DATASET, data_files=RELEASE_FILES[release], split="train")
+    files = [f"hf://datasets/{HUB_DATASET}/{name}" for name in RELEASE_FILES[release]]
+    rows = datasets.load_dataset("json", data_files=files, split="train")
     samples: list[Sample] = []
     for index, row in enumerate(rows):
         samples.append(from_row(dict(row), f"{HUB_DATASET}[{release}]:row {index}", timeout))

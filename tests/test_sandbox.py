@@ -110,6 +110,19 @@ def test_opening_a_network_connection_fails(kernel):
     assert "Error" in result.stderr
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "python-guards"])
+def test_sending_a_udp_datagram_fails(kernel):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        code = f"from socket import *\nsocket(AF_INET, SOCK_DGRAM).sendto(b'hi', ('127.0.0.1', {port}))"
+        result = run_python([code], namespaces_and_landlock=kernel)
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.recvfrom(16)  # nothing reached the host's socket
+    assert (result.passed, result.reason) == (False, "failed")
+
+
 def test_output_is_truncated_and_the_sandbox_directory_removed(tmp_path):
     result = run_python(["print('x' * 100_000)"], limits=Limits(output_bytes=1000), root=tmp_path)
     assert result.stdout.endswith(TRUNCATED) and len(result.stdout) == 1000 + len(TRUNCATED)

@@ -30,9 +30,9 @@ What is enforced, and by whom (``RunResult.isolation`` lists the layers that wer
 * ``"landlock-fs"``, ``"landlock-tcp"`` — where the Landlock LSM is enabled (Linux >= 5.13; TCP from
   ABI 4, Linux 6.7), the code may create, write, truncate, rename or delete files only under its
   directory (and write ``/dev/null``), and may not connect or bind TCP sockets (UDP is stopped only by
-  ``netns`` or the Python guards). Landlock needs no privilege.
+  ``netns``, else by the Python guards). Landlock needs no privilege.
 * ``"python-guards"`` — only where a kernel layer above is missing: a preamble run before the code
-  replaces ``socket.socket`` (without ``netns``/``landlock-tcp``) and the writing functions of
+  replaces ``socket.socket`` (without ``netns``, even with ``landlock-tcp``) and the writing functions of
   ``builtins``/``io``/``os`` (without ``landlock-fs``) by ones that refuse. These are a best effort:
   code that uses ``ctypes`` or re-imports C modules can get around them.
 * Outside a user namespace, ``RLIMIT_NPROC`` counts every process of the user: it is set to the
@@ -478,7 +478,7 @@ def _child_main(spec_path: str, report_fd: int) -> None:
             isolation += ["userns", "netns", "pidns"]
         if spec["kernel"]:
             isolation += _landlock(spec["directory"])
-        network_guard = not {"netns", "landlock-tcp"} & set(isolation)
+        network_guard = "netns" not in isolation  # Landlock alone leaves UDP open
         files_guard = "landlock-fs" not in isolation
         if network_guard or files_guard:
             isolation.append("python-guards")

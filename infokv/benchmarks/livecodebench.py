@@ -66,9 +66,9 @@ PRELUDE = (
     "from typing import *\nfrom collections import *\n"
     "import math, heapq, bisect, itertools, functools, string, re, collections\n\n"
 )
-SYSTEM = (
-    "You are an expert Python programmer. You will be given a programming problem and will write a "
-    "correct Python program that meets the specification and passes all tests."
+ROLE = (  # in the user turn, not a system turn: the paper's R1-distilled models are used without one
+    "You will be given a programming problem. Write a correct Python program that meets the "
+    "specification and passes all tests."
 )
 STDIN_FORMAT = (
     "Read the input from stdin, solve the problem and write the answer to stdout (do not test on the "
@@ -157,7 +157,8 @@ def prompt(sample: Sample, cot: bool, tokenizer: PreTrainedTokenizerBase) -> Pro
     if starter.strip():
         answer_format = f"{STARTER_FORMAT}\n```python\n{starter.rstrip()}\n```"
     instruction = COT_INSTRUCTION if cot else DIRECT_INSTRUCTION
-    return chat_prompt(tokenizer, "", f"{sample.question}\n\n{answer_format}\n\n{instruction}", system=SYSTEM)
+    request = f"{ROLE}\n\n### Question:\n{sample.question}\n\n### Format: {answer_format}\n\n{instruction}"
+    return chat_prompt(tokenizer, "", request)
 
 
 def normalised_lines(text: str) -> list[list[str]]:

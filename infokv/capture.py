@@ -26,6 +26,7 @@ from infokv.hooks import (
     prerope_query_hooks,
 )
 from infokv.methods.base import Requirement
+from infokv.signals import fused_attention
 from infokv.signals.attention import blockwise_attention
 from infokv.signals.entropy import chunked_entropy
 from infokv.signals.evolution import cosine_distance
@@ -125,13 +126,17 @@ class Capturer:
         if self.window > 0:
             skip = max(0, total - self.window - first)
             if skip < query.shape[2]:
-                self.captured.window_queries.setdefault(layer, []).append(query[:, :, skip:].detach())
+                # A copy, not a view: a view would keep the whole chunk's queries alive.
+                self.captured.window_queries.setdefault(layer, []).append(query[:, :, skip:].clone())
 
     def attend(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid, scaling: float
     ) -> torch.Tensor:
         """The attention output, accumulating H2O's column sums from the same probabilities."""
-        output, sums = blockwise_attention(query, key, value, valid, scaling)
+        if valid is None and fused_attention.available(query):
+            output, sums = fused_attention.attention_with_column_sums(query, key, value, scaling)
+        else:
+            output, sums = blockwise_attention(query, key, value, valid, scaling)
         if layer not in self.captured.cumulative:
             total = self.captured.valid.shape[-1]
             self.captured.cumulative[layer] = torch.zeros(*sums.shape[:2], total, device=sums.device)
@@ -146,14 +151,9 @@ class Capturer:
         self.layer_outputs[layer] = hidden.detach()
 
     def finish_chunk(self, start: int, final_hidden: torch.Tensor, to_logits) -> None:
-        """Entropy and evolution for the chunk that starts at ``start``."""
+        """Evolution, then entropy (once the layer outputs are freed), for the chunk starting at ``start``."""
         batch, total = self.captured.valid.shape
         stop = start + final_hidden.shape[1]
-        for topk in self.topks:
-            entropy = self.captured.next_entropy.setdefault(
-                topk, torch.zeros(batch, total, device=self.captured.valid.device)
-            )
-            entropy[:, start:stop] = chunked_entropy(final_hidden, to_logits, topk).to(entropy.device)
         if self.evolution:
             if self.captured.evolution is None:
                 self.captured.evolution = torch.zeros(
@@ -164,6 +164,24 @@ class Capturer:
                 distance = cosine_distance(hidden, last)
                 self.captured.evolution[layer, :, start:stop] = distance.to(self.captured.evolution.device)
         self.layer_outputs.clear()
+        for topk in self.topks:
+            entropy = self.captured.next_entropy.setdefault(
+                topk, torch.zeros(batch, total, device=self.captured.valid.device)
+            )
+            entropy[:, start:stop] = chunked_entropy(final_hidden, to_logits, topk).to(entropy.device)
+
+
+EVOLUTION_BUFFER_BYTES = 512 << 20
+"""Representation evolution keeps every layer's residual stream of a chunk until the last layer has run
+(L × chunk × hidden values); prefill chunks shrink so that this buffer stays within 512 MiB (2048
+tokens of Llama-3.1-8B in bf16, an eighth of its 32K-token KV cache)."""
+
+
+def evolution_chunk(model: PreTrainedModel, batch: int, chunk: int) -> int:
+    """The largest prefill chunk ≤ ``chunk`` whose evolution buffer fits in :data:`EVOLUTION_BUFFER_BYTES`."""
+    config = model.config.get_text_config(decoder=True)
+    per_token = batch * config.num_hidden_layers * config.hidden_size * model.dtype.itemsize
+    return max(1, min(chunk, EVOLUTION_BUFFER_BYTES // per_token))
 
 
 def prefill(
@@ -183,6 +201,8 @@ def prefill(
     captured = Captured(valid=valid, positions=positions, scaling=attention_scaling(model))
     captured.rotary = rotary_function(model)
     capturer = Capturer(captured, requirements, layers)
+    if capturer.evolution:
+        chunk = evolution_chunk(model, input_ids.shape[0], chunk)
     state = KVState.empty(model)
     to_logits = output_logits(model)
     has_padding = not bool(valid.all())

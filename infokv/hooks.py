@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface, PreTrainedModel
 
@@ -194,10 +195,20 @@ def forward_context(model: PreTrainedModel, context: ForwardContext) -> Iterator
     config._attn_implementation = ATTENTION_NAME
     token = _ACTIVE.set(context)
     try:
-        yield
+        with _without_cudnn_attention(model.device):
+            yield
     finally:
         _ACTIVE.reset(token)
         config._attn_implementation = previous
+
+
+def _without_cudnn_attention(device: torch.device) -> contextlib.AbstractContextManager:
+    """On CUDA, keep sdpa off its cuDNN backend: cuDNN builds an execution plan for every new key length,
+    and decoding (keys grow by one per step; PyramidKV has a different length in every layer) meets a new
+    length at every call. Flash and memory-efficient kernels need no per-shape set-up."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:

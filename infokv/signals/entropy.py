@@ -19,10 +19,9 @@ POSITIONS = ("producing", "next")
 
 def topk_entropy(logits: torch.Tensor, topk: int) -> torch.Tensor:
     """Entropy (…,) of the distributions given by (…, V) logits, restricted to the top ``topk``."""
-    logits = logits.float()
     if 0 < topk < logits.shape[-1]:
-        logits = logits.topk(topk, dim=-1).values
-    log_probabilities = logits.log_softmax(dim=-1)
+        logits = logits.topk(topk, dim=-1).values  # before the fp32 cast: no fp32 copy of (…, V)
+    log_probabilities = logits.float().log_softmax(dim=-1)
     return -(log_probabilities.exp() * log_probabilities).sum(dim=-1)
 
 

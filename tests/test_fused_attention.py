@@ -1,0 +1,27 @@
+"""The fused CUDA path (flash attention + Triton column sums) equals the blockwise fp32 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from infokv.signals import fused_attention
+from infokv.signals.attention import blockwise_attention
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize(("queries", "keys"), [(300, 300), (257, 1000), (64, 4096)])
+def test_fused_equals_blockwise(queries, keys):
+    if not fused_attention.available(torch.empty(1, 128, device="cuda")):
+        pytest.skip("Triton is not installed")
+    generator = torch.Generator(device="cuda").manual_seed(queries + keys)
+    query = torch.randn(2, 8, queries, 128, device="cuda", generator=generator).bfloat16()
+    key = torch.randn(2, 2, keys, 128, device="cuda", generator=generator).bfloat16()
+    value = torch.randn(2, 2, keys, 128, device="cuda", generator=generator).bfloat16()
+    scaling = 128**-0.5
+    output, sums = fused_attention.attention_with_column_sums(query, key, value, scaling)
+    expected_output, expected_sums = blockwise_attention(query, key, value, None, scaling)
+    torch.testing.assert_close(output.float(), expected_output.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(sums, expected_sums, rtol=1e-2, atol=1e-3)
+    assert torch.isclose(sums.sum(-1), torch.full_like(sums[..., 0], float(queries)), rtol=1e-3).all()

@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv model test demo lint bench-sweep reproduce-table
+.PHONY: venv model test demo lint bench-sweep bench bench-wheels reproduce-table
 
 venv: $(STAMP)
 
@@ -36,6 +36,21 @@ lint: venv
 
 bench-sweep: venv model
 	$(BIN)/python scripts/bench_sweep.py
+
+# GPU speed and memory (scripts/bench.py), run on a CUDA machine with its own torch and transformers:
+# `make bench-wheels` here (needs PyPI), carry .whl-kvpress to the GPU machine, then `make bench` there.
+GPU_PYTHON ?= python3
+KVPRESS_WHEELS := .whl-kvpress
+KVPRESS_SPECS := kvpress==0.5.5 transformers==5.2.0 tokenizers==0.22.2 typer-slim==0.24.0 datasets==5.2.0 \
+	dill==0.4.1 multiprocess==0.70.19 cachetools==5.5.2 fire==0.7.1 termcolor==3.3.0
+
+bench-wheels:
+	$(GPU_PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(KVPRESS_WHEELS) $(KVPRESS_SPECS)
+
+bench:
+	PYTHONPATH=. $(GPU_PYTHON) scripts/bench.py
 
 reproduce-table: venv model
 	$(BIN)/infokv-run experiment=$(SIZE)_prefill launcher=$(LAUNCHER)

@@ -53,13 +53,17 @@ def budget_name(budget: float) -> str:
     return f"{100 * budget:g}%" if budget <= 1 else f"{budget:g} tok"
 
 
-def _cell(values: pd.DataFrame) -> str:
-    by_style = dict(zip(values["style"], values["accuracy"], strict=True))
-    return " / ".join(f"{by_style[style]:.2f}" for style in ("cot", "direct") if style in by_style)
+def _cell(values: pd.DataFrame, column: str) -> str:
+    by_style = dict(zip(values["style"], values[column], strict=True))
+    return " / ".join(
+        "–" if pd.isna(by_style[style]) else f"{by_style[style]:.2f}"
+        for style in ("cot", "direct")
+        if style in by_style
+    )
 
 
-def paper_layout(table: pd.DataFrame) -> pd.DataFrame:
-    """Methods (rows, full cache first) × (benchmark, budget) columns; cells "CoT / direct" accuracy.
+def paper_layout(table: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
+    """Methods (rows, full cache first) × (benchmark, budget) columns; cells "CoT / direct" ``column``.
 
     The full cache does not depend on the budget: its row repeats its figure under every budget.
     """
@@ -67,11 +71,11 @@ def paper_layout(table: pd.DataFrame) -> pd.DataFrame:
     rows: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
     keys = ["model", "method", "benchmark", "budget"]
     for (model, method, benchmark, budget), values in table.groupby(keys):
-        for column in budgets if method == FULL else [float(budget)]:
-            rows.setdefault((model, method), {})[(benchmark, budget_name(column))] = _cell(values)
+        for shown in budgets if method == FULL else [float(budget)]:
+            rows.setdefault((model, method), {})[(benchmark, budget_name(shown))] = _cell(values, column)
     wide = pd.DataFrame.from_dict(rows, orient="index")
     by_budget = {budget_name(budget): rank for rank, budget in enumerate(budgets)}
-    wide = wide[sorted(wide.columns, key=lambda column: (column[0], by_budget.get(column[1], -1)))]
+    wide = wide[sorted(wide.columns, key=lambda key: (key[0], by_budget.get(key[1], -1)))]
     order = sorted(wide.index, key=lambda key: (key[0], key[1] != FULL, key[1]))
     wide = wide.loc[order]
     wide.index = pd.MultiIndex.from_tuples(wide.index, names=["model", "method"])
@@ -79,10 +83,16 @@ def paper_layout(table: pd.DataFrame) -> pd.DataFrame:
     return wide.fillna("–")
 
 
-def _markdown(wide: pd.DataFrame, styles: list[str]) -> str:
+TITLES = {
+    "accuracy": "Accuracy (%)",
+    "agreement": "Agreement with the full cache (% of completions identical to its completion)",
+}
+
+
+def _markdown(wide: pd.DataFrame, title: str, styles: list[str]) -> str:
     header = ["model", "method"] + [f"{bench} {budget}" for bench, budget in wide.columns]
     lines = [
-        f"Accuracy (%), {' / '.join('CoT' if s == 'cot' else 'direct' for s in styles)}.",
+        f"{title}, {' / '.join('CoT' if s == 'cot' else 'direct' for s in styles)}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -93,16 +103,20 @@ def _markdown(wide: pd.DataFrame, styles: list[str]) -> str:
 
 
 def write_tables(table: pd.DataFrame, directory: str | Path, name: str) -> list[Path]:
-    """Write ``<name>.csv`` (long form), ``<name>.md`` and ``<name>.tex`` (paper layout) per scenario."""
+    """Write ``<name>.csv`` (long form) and, per scenario, ``<name>_<scenario>.md`` (accuracy and
+    agreement in the paper's layout) and ``<name>_<scenario>.tex`` (accuracy)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = [directory / f"{name}.csv"]
     table.to_csv(written[0], index=False, float_format="%.4f")
     for scenario, part in table.groupby("scenario"):
-        wide = paper_layout(part)
         styles = [s for s in ("cot", "direct") if s in set(part["style"])]
         stem = directory / f"{name}_{scenario}"
-        stem.with_suffix(".md").write_text(_markdown(wide, styles), encoding="utf-8")
-        stem.with_suffix(".tex").write_text(wide.to_latex(multicolumn_format="c"), encoding="utf-8")
+        markdown = "\n".join(
+            _markdown(paper_layout(part, column), title, styles) for column, title in TITLES.items()
+        )
+        stem.with_suffix(".md").write_text(markdown, encoding="utf-8")
+        latex = paper_layout(part).to_latex(multicolumn_format="c")
+        stem.with_suffix(".tex").write_text(latex, encoding="utf-8")
         written += [stem.with_suffix(".md"), stem.with_suffix(".tex")]
     return written

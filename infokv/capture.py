@@ -29,7 +29,7 @@ from infokv.methods.base import Requirement
 from infokv.signals import fused_attention
 from infokv.signals.attention import blockwise_attention
 from infokv.signals.entropy import chunked_entropy
-from infokv.signals.evolution import cosine_distance
+from infokv.signals.evolution import distance_to_unit, unit
 from infokv.signals.query_statistics import QueryStatistics
 
 
@@ -159,9 +159,9 @@ class Capturer:
                 self.captured.evolution = torch.zeros(
                     self.layers, batch, total, device=self.captured.valid.device
                 )
-            last = self.layer_outputs[self.layers - 1]
+            last = unit(self.layer_outputs[self.layers - 1])
             for layer, hidden in self.layer_outputs.items():
-                distance = cosine_distance(hidden, last)
+                distance = distance_to_unit(hidden, last)
                 self.captured.evolution[layer, :, start:stop] = distance.to(self.captured.evolution.device)
         self.layer_outputs.clear()
         for topk in self.topks:

@@ -171,12 +171,17 @@ def infokv_attention(
             is_causal=queries > 1,
             scale=scaling,
         )
-    else:
-        mask = (
-            causal_lower_right(queries, keys)
-            if valid is None and query.is_cuda
-            else attention_mask_for(valid, queries, keys, query.device)
+    elif valid is None and query.is_cuda:  # chunked prefill: flash attention, GQA without copies
+        output = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=causal_lower_right(queries, keys),
+            scale=scaling,
+            enable_gqa=repeats > 1,
         )
+    else:
+        mask = attention_mask_for(valid, queries, keys, query.device)
         output = F.scaled_dot_product_attention(
             query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
         )

@@ -25,3 +25,26 @@ def test_fused_equals_blockwise(queries, keys):
     torch.testing.assert_close(output.float(), expected_output.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(sums, expected_sums, rtol=1e-2, atol=1e-3)
     assert torch.isclose(sums.sum(-1), torch.full_like(sums[..., 0], float(queries)), rtol=1e-3).all()
+
+
+def test_chunked_cuda_prefill_matches_cpu_float32():
+    """Chunked bf16 prefill on CUDA (lower-right causal flash attention, GQA without copies, fused H2O
+    sums) captures what the float32 CPU prefill captures."""
+    from tiny import tiny_model
+
+    from infokv import signals
+    from infokv.capture import prefill
+
+    model = tiny_model("llama")
+    prompt = torch.randint(4, 80, (1, 150), generator=torch.Generator().manual_seed(3))
+    valid = torch.ones_like(prompt, dtype=torch.bool)
+    needs = {(signals.CUMULATIVE_ATTENTION,), (signals.EVOLUTION,)}
+    _, expected, expected_logits = prefill(model, prompt, valid, needs, chunk=4096)
+    gpu = model.to("cuda", torch.bfloat16)
+    state, captured, logits = prefill(gpu, prompt.cuda(), valid.cuda(), needs, chunk=37)
+    torch.testing.assert_close(logits.cpu(), expected_logits, rtol=5e-2, atol=5e-2)
+    for layer in range(state.num_layers):
+        torch.testing.assert_close(
+            captured.cumulative[layer].cpu(), expected.cumulative[layer], rtol=5e-2, atol=5e-2
+        )
+    torch.testing.assert_close(captured.evolution.cpu(), expected.evolution, rtol=5e-2, atol=2e-2)

@@ -100,12 +100,10 @@ def attention_with_column_sums(
     batch, query_heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     groups = query_heads // kv_heads
-    repeated_key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
-    repeated_value = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    # The flash kernel takes GQA keys and values as they are (no per-query-head copies).
     output, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-        query, repeated_key, repeated_value, 0.0, is_causal=True, return_debug_mask=False, scale=scaling
+        query, key, value, 0.0, is_causal=True, return_debug_mask=False, scale=scaling
     )[:2]
-    del repeated_key, repeated_value
     lse = lse[..., :queries].contiguous()
     query = query if query.stride(-1) == 1 else query.contiguous()
     key = key if key.stride(-1) == 1 else key.contiguous()

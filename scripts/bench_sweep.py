@@ -3,7 +3,8 @@
 Target: on SmolLM2-135M with 2K-token prompts, ``generate_sweep`` over every method at budgets
 0.4 and 0.2 (14 settings) costs at most 1.5× one full-cache prefill + decode of the same prompts.
 
-Measured, after one warm-up run of each: the median wall time over ``--repeats`` runs of
+Measured, after one warm-up run of each: the median wall time over ``--repeats`` runs, interleaved
+(full, sweep, full, sweep, ...) so that load from other processes affects both alike, of
 (a) ``generate(model, tok, prompts, "full", 1.0, max_new_tokens=M)`` and
 (b) ``generate_sweep(model, tok, prompts, settings, max_new_tokens=M)``,
 on ``--samples`` passkey prompts (:mod:`infokv.tasks`) of ``--tokens`` tokens. The engine's own
@@ -102,9 +103,14 @@ def main(argv: list[str] | None = None) -> float:
         flush=True,
     )
     medians = {}
-    for name, function in (("full", run_full), ("sweep", run_sweep)):
+    functions = {"full": run_full, "sweep": run_sweep}
+    for function in functions.values():
         function()  # warm-up
-        runs = [timed(function) for _ in range(args.repeats)]
+    timings: dict[str, list] = {name: [] for name in functions}
+    for _ in range(args.repeats):  # interleaved, so changing machine load affects both alike
+        for name, function in functions.items():
+            timings[name].append(timed(function))
+    for name, runs in timings.items():
         seconds = [elapsed for elapsed, _ in runs]
         medians[name] = statistics.median(seconds)
         rows.append((f"{name}_seconds", medians[name], "s"))
@@ -125,6 +131,9 @@ def main(argv: list[str] | None = None) -> float:
         )
     ratio = medians["sweep"] / medians["full"]
     rows.append(("ratio", ratio, "x"))
+    pairs = [sweep / full for (sweep, _), (full, _) in zip(timings["sweep"], timings["full"], strict=True)]
+    rows.extend((f"ratio_run{index}", value, "x") for index, value in enumerate(pairs))
+    print("per-pair sweep / full: " + ", ".join(f"{value:.2f}x" for value in pairs))
     rows.append(("target", TARGET, "x"))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w", newline="") as handle:

@@ -31,7 +31,9 @@ def config(*overrides: str):
 
 
 def cli(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "infokv.run", *arguments]
+    """The installed console script ``infokv-run`` where pip installed the package, else the module."""
+    script = Path(sys.executable).parent / "infokv-run"
+    return [str(script), *arguments] if script.exists() else [sys.executable, "-m", "infokv.run", *arguments]
 
 
 # ---- configs mirror the code --------------------------------------------------------------------------

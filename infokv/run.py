@@ -27,6 +27,9 @@ from infokv.tracking import Tracker
 
 log = logging.getLogger("infokv")
 RUN_POINTER = "run_directory.txt"  # written into each job's Hydra output folder
+# The checkout's conf/ as an absolute path: Hydra resolves a relative one against the module's package
+# when the console script imports it, and would not find the folder beside the package.
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def print_table(title: str, table: pd.DataFrame) -> None:
@@ -61,7 +64,7 @@ def track(cfg: DictConfig, directory: Path, table: pd.DataFrame) -> None:
     tracker.finish()
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     directory, table = run_job(cfg)
     try:

@@ -34,10 +34,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from infokv import benchmarks, methods
-from infokv.engine import COMPRESS_MODES, Setting, generate_sweep
+from infokv.engine import COMPRESS_MODES, Setting, build_settings, generate_sweep
 from infokv.methods.base import Method
 from infokv.models import load_model
-from infokv.results import RunStore, record_key
+from infokv.results import RunStore, record_key, records_frame
 from infokv.tracking import check_mode
 
 SCENARIOS = ("prefill", "decode")
@@ -78,23 +78,18 @@ def check_job(cfg: DictConfig) -> Job:
         if cfg.scenario.compress not in COMPRESS_MODES:
             raise ValueError(f"scenario.compress {cfg.scenario.compress!r} is not one of {COMPRESS_MODES}")
         specs = [(method, budget) for budget in raw_budgets]
+        decoding = {}
     else:
         for budget in raw_budgets:
             if not isinstance(budget, float | int) or isinstance(budget, bool) or not 0 < budget <= 1:
                 raise ValueError(f"budget {budget!r}: the decode scenario takes ratios 0 < r <= 1")
         specs = [("full", 1.0, method, float(budget)) for budget in raw_budgets]
-    options = {}
-    if scenario == "decode":
-        options = {
+        decoding = {
             "compress_every": cfg.scenario.compress_every,
             "compress_prompt": cfg.scenario.compress_prompt,
         }
     # Equal settings (the full cache at two budgets) are one setting: dict.fromkeys keeps the first.
-    settings = tuple(
-        dict.fromkeys(
-            Setting.build(*spec, **options) if len(spec) == 4 else Setting.build(*spec) for spec in specs
-        )
-    )
+    settings = tuple(dict.fromkeys(build_settings(specs, **decoding)))
     shard = cfg.shard
     if not (isinstance(shard.count, int) and shard.count >= 1 and isinstance(shard.index, int)):
         raise ValueError(f"shard {shard.index}/{shard.count}: count must be an integer >= 1")
@@ -241,8 +236,6 @@ def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
                 compress=compress,
                 samples=draws,
                 prefill_chunk=scenario.prefill_chunk,
-                compress_every=scenario.get("compress_every", 1024),
-                compress_prompt=scenario.get("compress_prompt", False),
             )
             for position, (sample, prompt) in enumerate(zip(batch, prompts, strict=True)):
                 records = []
@@ -260,18 +253,11 @@ def summarise(records: list[dict]) -> pd.DataFrame:
     """Mean score and every metric per (benchmark, model, scenario, method, budget, cot), with counts."""
     if not records:
         return pd.DataFrame()
-    frame = pd.DataFrame(
-        [
-            {
-                **{k: r[k] for k in ("benchmark", "model", "scenario", "method", "budget", "cot")},
-                "score": r["score"],
-                **{f"metric.{n}": v for n, v in r["metrics"].items()},
-            }
-            for r in records
-        ]
-    )
     keys = ["benchmark", "model", "scenario", "method", "budget", "cot"]
-    grouped = frame.groupby(keys, sort=False)
+    frame = records_frame(records)
+    grouped = frame[keys + ["score"] + [c for c in frame.columns if c.startswith("metric.")]].groupby(
+        keys, sort=False
+    )
     table = grouped.mean(numeric_only=True)
     table.insert(0, "n", grouped.size())
     return table.reset_index()

@@ -128,18 +128,23 @@ def run_directories(root: str | Path) -> list[Path]:
     return sorted(path.parent for path in Path(root).rglob(CONFIG_NAME))
 
 
-def load_frame(root: str | Path | Sequence[str | Path]):
-    """One row per scored sample of every run below ``root`` (or of the listed run directories), as a
-    pandas DataFrame with the run's directory in column ``run``; ``metrics`` are spread into
-    ``metric.<name>`` columns."""
+def records_frame(records: Iterable[dict]):
+    """Records as a pandas DataFrame, one row each: ``metrics`` spread into ``metric.<name>`` columns,
+    ``details`` and ``stats`` left out."""
     import pandas as pd
 
-    directories = run_directories(root) if isinstance(root, str | Path) else [Path(p) for p in root]
     rows = []
-    for directory in directories:
-        for record in unique_records(directory):
-            row = {key: value for key, value in record.items() if key not in ("metrics", "details", "stats")}
-            row.update({f"metric.{name}": value for name, value in record.get("metrics", {}).items()})
-            row["run"] = str(directory)
-            rows.append(row)
+    for record in records:
+        row = {key: value for key, value in record.items() if key not in ("metrics", "details", "stats")}
+        row.update({f"metric.{name}": value for name, value in record.get("metrics", {}).items()})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def load_frame(root: str | Path | Sequence[str | Path]):
+    """One row per scored sample of every run below ``root`` (or of the listed run directories), as a
+    pandas DataFrame (:func:`records_frame`) with the run's directory in column ``run``."""
+    directories = run_directories(root) if isinstance(root, str | Path) else [Path(p) for p in root]
+    return records_frame(
+        {**record, "run": str(directory)} for directory in directories for record in unique_records(directory)
+    )

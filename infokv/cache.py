@@ -47,7 +47,7 @@ class GrowingLayer(DynamicLayer):
         old = self.keys.shape[-2] if self.keys.ndim == 4 else 0
         new = old + key_states.shape[-2]
         if not self._owns_keys() or new > self._key_buffer.shape[-2]:
-            capacity = new + max(256, new // 8)
+            capacity = growth_capacity(new)
             batch, heads = key_states.shape[:2]
             keys = key_states.new_empty(batch, heads, capacity, key_states.shape[-1])
             values = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])
@@ -60,6 +60,21 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = self._key_buffer[:, :, :new], self._value_buffer[:, :, :new]
         return self.keys, self.values
 
+    def adopt(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int) -> None:
+        """Hold the first ``length`` entries of buffers whose spare capacity later steps append into."""
+        self._key_buffer, self._value_buffer = key_buffer, value_buffer
+        self.keys, self.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
+
+
+def growth_capacity(entries: int) -> int:
+    """Entries a :class:`GrowingLayer` buffer holding ``entries`` gets room for: 1/8 more, at least 256."""
+    return entries + max(256, entries // 8)
+
+
+COPY_BLOCK_BYTES = 16 << 20
+"""Rows are copied into a new cache in blocks of about this size: a block-sized temporary is reused from
+the heap, while one temporary of the whole layer would be fresh memory, paid for in page faults."""
+
 
 def new_cache() -> DynamicCache:
     """An empty cache whose layers are :class:`GrowingLayer`."""
@@ -68,10 +83,38 @@ def new_cache() -> DynamicCache:
     return cache
 
 
-def _set_layer(cache: DynamicCache, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-    """Make ``keys``/``values`` layer ``index`` of ``cache`` without the copy ``update`` would make."""
-    cache.update(keys[:, :, :0], values[:, :, :0], index)
-    cache.layers[index].keys, cache.layers[index].values = keys, values
+def _copy_layer(
+    cache: DynamicCache,
+    index: int,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    rows: torch.Tensor,
+    entries: torch.Tensor | None,
+) -> None:
+    """Make layer ``index`` of ``cache`` hold, for each new row r, source row ``rows[r]`` of the
+    ``keys``/``values`` restricted to ``entries[r, h]`` per KV head (all entries when None), in buffers
+    with room to grow, so the first decoding step appends instead of copying the layer again."""
+    heads, dim = keys.shape[1], keys.shape[-1]
+    length = keys.shape[2] if entries is None else entries.shape[-1]
+    capacity = growth_capacity(length)
+    key_buffer = keys.new_empty(len(rows), heads, capacity, dim)
+    value_buffer = values.new_empty(len(rows), heads, capacity, values.shape[-1])
+    row_bytes = heads * length * (dim + values.shape[-1]) * keys.element_size()
+    block = max(1, COPY_BLOCK_BYTES // max(1, row_bytes))
+    head_index = torch.arange(heads, device=keys.device)[None, :, None]
+    for start in range(0, len(rows), block):
+        stop = min(len(rows), start + block)
+        source = rows[start:stop]
+        if entries is None:
+            key_buffer[start:stop, :, :length] = keys[source]
+            value_buffer[start:stop, :, :length] = values[source]
+        else:
+            # One indexing kernel per tensor: no copy of whole source rows.
+            picked = (source[:, None, None], head_index, entries[start:stop])
+            key_buffer[start:stop, :, :length] = keys[picked]
+            value_buffer[start:stop, :, :length] = values[picked]
+    cache.update(keys[:1, :, :0], values[:1, :, :0], index)
+    cache.layers[index].adopt(key_buffer, value_buffer, length)
 
 
 @dataclass
@@ -124,11 +167,7 @@ class KVState:
         new_valid: list[torch.Tensor | None] = []
         for index in range(self.num_layers):
             keys, values = self.layer(index)
-            entries = keep[index].to(keys.device)
-            heads = torch.arange(keys.shape[1], device=keys.device)[None, :, None]
-            source_rows = rows.to(keys.device)[:, None, None]
-            # One indexing kernel per tensor: no copy of whole source rows.
-            _set_layer(cache, index, keys[source_rows, heads, entries], values[source_rows, heads, entries])
+            _copy_layer(cache, index, keys, values, rows.to(keys.device), keep[index].to(keys.device))
             layer_valid = valid[index].to(keys.device)
             new_valid.append(None if bool(layer_valid.all()) else layer_valid)
         return KVState(cache, new_valid)
@@ -138,7 +177,7 @@ class KVState:
         cache = new_cache()
         for index in range(self.num_layers):
             keys, values = self.layer(index)
-            _set_layer(cache, index, keys[rows], values[rows])
+            _copy_layer(cache, index, keys, values, rows.to(keys.device), None)
         return KVState(cache, [None if valid is None else valid[rows] for valid in self.valid])
 
     def valid_mask(self, index: int) -> torch.Tensor:

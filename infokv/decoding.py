@@ -4,7 +4,9 @@ Every ``every`` generated tokens, the rows of a group whose decoding compression
 their prompt entries (all of them, unless ``compress_prompt``), their most recent ``window``
 entries, and the best-scoring generated entries up to ``⌈ratio · generated⌉`` (the method's
 ``decode_target``). Between compressions the cache grows by one entry per step, so it never
-holds more than prompt + target + ``every`` entries per head. Rows that stop leave the batch.
+holds more than prompt + target + ``every`` entries per head. Rows that stop idle in the batch
+(their tokens are discarded) until they are half of it, then leave it together: each departure
+copies the whole cache, which costs more than decoding a few idle rows.
 """
 
 from __future__ import annotations
@@ -188,20 +190,22 @@ def decode(
             hooks.enter_context(layer_output_hooks(model, tracker.on_layer_output))
         if tracker.query_statistics:
             hooks.enter_context(prerope_query_hooks(model, tracker.on_queries))
+        done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
         for generated in range(1, max_new_tokens + 1):
             token = sampler(logits)
-            for row, value in zip(batch.active, token.tolist(), strict=True):
-                tokens[row].append(value)
-            finished = torch.isin(token, stops) if stop_at_eos else torch.zeros_like(token, dtype=torch.bool)
+            for row, value, idle in zip(batch.active, token.tolist(), done.tolist(), strict=True):
+                if not idle:
+                    tokens[row].append(value)
+            finished = torch.isin(token, stops) & ~done if stop_at_eos else torch.zeros_like(done)
             for row in torch.nonzero(finished)[:, 0].tolist():
                 stats[batch.active[row]].seconds = time.perf_counter() - start_clock
-            if generated == max_new_tokens or bool(finished.all()):
+            done = done | finished
+            if generated == max_new_tokens or bool(done.all()):
                 break
-            if bool(finished.any()):
-                keep = ~finished
-                kept_rows = keep.nonzero()[:, 0].tolist()
-                sampler = sampler.subset(kept_rows)
-                token, logits = token[keep], logits[keep]
+            if 2 * int(done.sum()) >= len(done):
+                keep = ~done
+                sampler = sampler.subset(keep.nonzero()[:, 0].tolist())
+                token, logits, done = token[keep], logits[keep], done[keep]
                 batch.keep_rows(keep)
                 tracker.layers = batch.layers
             producing = sampler.distribution(logits)
@@ -211,17 +215,21 @@ def decode(
             logits = to_logits(hidden[:, -1]).float()
             tracker.append(batch.positions, producing, logits)
             batch.positions = batch.positions + 1
-            _record_entries(batch, stats)
-            _maybe_compress(batch, tracker, compressions, generated, stats, rotary)
+            _record_entries(batch, stats, done)
+            _maybe_compress(batch, tracker, compressions, generated, stats, rotary, done)
     elapsed = time.perf_counter() - start_clock
-    for row in batch.active:
-        stats[row].seconds = elapsed
+    for row, idle in zip(batch.active, done.tolist(), strict=True):
+        if not idle:
+            stats[row].seconds = elapsed
     return tokens, stats
 
 
-def _record_entries(batch: DecodeBatch, stats: list[RowStats]) -> None:
+def _record_entries(batch: DecodeBatch, stats: list[RowStats], done: torch.Tensor | None = None) -> None:
     entries = batch.state.valid_counts().amax(dim=0).tolist()
-    for row, count in zip(batch.active, entries, strict=True):
+    idle = [False] * len(entries) if done is None else done.tolist()
+    for row, count, row_idle in zip(batch.active, entries, idle, strict=True):
+        if row_idle:
+            continue
         stats[row].peak_entries = max(stats[row].peak_entries, int(count))
         stats[row].final_entries = int(count)
 
@@ -233,6 +241,7 @@ def _maybe_compress(
     generated: int,
     stats: list[RowStats],
     rotary,
+    done: torch.Tensor,
 ) -> None:
     due = [
         (group, rows)
@@ -275,7 +284,8 @@ def _maybe_compress(
     compressed_rows = set()
     for _, rows in due:
         compressed_rows.update(range(rows.start, rows.stop))
-    for row in compressed_rows:
+    idle = done.tolist()
+    for row in compressed_rows - {row for row, row_idle in enumerate(idle) if row_idle}:
         stat = stats[batch.active[row]]
         stat.compressions += 1
         stat.events.append((generated, int(before[row]), int(after[row])))

@@ -29,7 +29,7 @@ from infokv.hooks import (
 from infokv.methods.base import Method
 from infokv.sampling import Sampler
 from infokv.scoring import LayerView
-from infokv.selection import Selection, combine_groups, forced_mask, select
+from infokv.selection import Selection, combine_groups, forced_mask, rank, take_top
 
 Prompt = str | tuple[str, str]
 COMPRESS_MODES = ("prompt", "context_only")
@@ -168,9 +168,12 @@ def left_pad(
 def select_layer(view: LayerView, setting: Setting, keep: torch.Tensor) -> Selection:
     """The kept entries of one layer for one setting."""
     method = setting.method
-    scores = method.score(view)
-    forced = forced_mask(view.valid, method.sink, method.window)
-    return select(scores, view.valid, keep, forced)
+
+    def ranking() -> torch.Tensor:
+        return rank(method.score(view), view.valid, forced_mask(view.valid, method.sink, method.window))
+
+    # Scores do not depend on the budget: one ranking serves every budget of a method.
+    return take_top(view.memoised(("ranking", method), ranking), keep)
 
 
 def compress_settings(

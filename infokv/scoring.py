@@ -27,7 +27,7 @@ class LayerView:
         self.scaling = captured.scaling
         self._memo = memo
 
-    def _cached(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def memoised(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
@@ -52,7 +52,7 @@ class LayerView:
                 stacked, self.keys, self._valid_or_none(), self.scaling, window, pooling, kernel, reduction
             )
 
-        return self._cached(("window", self.layer, window, pooling, kernel, reduction), compute)
+        return self.memoised(("window", self.layer, window, pooling, kernel, reduction), compute)
 
     def cumulative_attention(self, reduction: str) -> torch.Tensor:
         cumulative = self.captured.cumulative.get(self.layer)
@@ -64,7 +64,7 @@ class LayerView:
         """H_i (B, T) restricted to the top ``topk`` tokens, aligned by ``position``."""
         if topk not in self.captured.next_entropy:
             raise self._missing(f"entropy (top-{topk})")
-        return self._cached(
+        return self.memoised(
             ("entropy", topk, position),
             lambda: align_to_tokens(self.captured.next_entropy[topk], self._valid_or_none(), position),
         )
@@ -92,7 +92,7 @@ class LayerView:
             cos, sin = self.captured.rotary(future)
             return rotation_matrix(cos.mean(dim=1), sin.mean(dim=1))
 
-        return self._cached(("rotation", positions), compute)
+        return self.memoised(("rotation", positions), compute)
 
     def _valid_or_none(self) -> torch.Tensor | None:
         return None if bool(self.valid.all()) else self.valid
@@ -128,7 +128,7 @@ class DecodeLayerView:
         self._next_positions = next_positions
         self._memo: dict = {}
 
-    def _cached(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def memoised(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
@@ -139,7 +139,7 @@ class DecodeLayerView:
     def window_attention(self, window: int, pooling: str, kernel: int, reduction: str) -> torch.Tensor:
         if self.entries.queries is None:
             raise RuntimeError("decoding window queries were not captured")
-        return self._cached(
+        return self.memoised(
             ("window", window, pooling, kernel, reduction),
             lambda: window_attention(
                 self.entries.queries, self.keys, self.valid, self.scaling, window, pooling, kernel, reduction
@@ -170,4 +170,4 @@ class DecodeLayerView:
             cos, sin = self._rotary(start + torch.arange(positions, device=start.device)[None, :])
             return rotation_matrix(cos.mean(dim=1), sin.mean(dim=1))
 
-        return self._cached(("rotation", positions), compute)
+        return self.memoised(("rotation", positions), compute)

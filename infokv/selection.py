@@ -30,23 +30,36 @@ def forced_mask(valid: torch.Tensor, sink: int, window: int) -> torch.Tensor:
     return sinks | recent
 
 
-def select(scores: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor) -> Selection:
-    """Keep ``keep[b]`` entries per (row b, head) by score; ``forced`` is (B, T) or per head (B, H, T)."""
-    batch, heads, length = scores.shape
-    width = int(keep.max())
+def rank(scores: torch.Tensor, valid: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+    """Entry indices (B, H, T) from best to worst: forced first, padding last, ties by position.
+
+    ``forced`` is (B, T) or per head (B, H, T). A ranking serves every budget of one method.
+    """
     forced = forced if forced.ndim == 3 else forced[:, None, :]
     ranked = scores.float().masked_fill(forced, float("inf"))
     ranked = ranked.masked_fill(~valid[:, None, :], float("-inf"))
     # A stable sort breaks ties (max-pooling makes plateaus) by position, identically with or without padding.
-    top = ranked.sort(dim=-1, descending=True, stable=True).indices[..., :width]
-    slot = torch.arange(width, device=scores.device)
-    is_kept = slot[None, :] < keep[:, None].to(scores.device)
+    return ranked.sort(dim=-1, descending=True, stable=True).indices
+
+
+def take_top(ranking: torch.Tensor, keep: torch.Tensor) -> Selection:
+    """The first ``keep[b]`` entries of each (row b, head) ``ranking``, in ascending position order."""
+    batch, heads, _ = ranking.shape
+    width = int(keep.max())
+    top = ranking[..., :width]
+    slot = torch.arange(width, device=ranking.device)
+    is_kept = slot[None, :] < keep[:, None].to(ranking.device)
     # Filler slots sort before every real index and are masked out.
     order_key = torch.where(is_kept[:, None, :], top, -1 - slot[None, None, :].expand(batch, heads, width))
     order = order_key.argsort(dim=-1)
     indices = torch.where(is_kept[:, None, :], top, torch.zeros_like(top)).gather(-1, order)
-    fill = width - keep.to(scores.device)
+    fill = width - keep.to(ranking.device)
     return Selection(indices, slot[None, :] >= fill[:, None])
+
+
+def select(scores: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor) -> Selection:
+    """Keep ``keep[b]`` entries per (row b, head) by score; ``forced`` is (B, T) or per head (B, H, T)."""
+    return take_top(rank(scores, valid, forced), keep)
 
 
 def _front_fill(selection: Selection, width: int) -> Selection:

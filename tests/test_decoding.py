@@ -109,6 +109,28 @@ def test_finished_rows_leave_the_batch_without_changing_others(llama, tokenizer)
     )
 
 
+def test_a_finished_row_idles_without_changing_others_or_its_own_record(llama, tokenizer):
+    """One row of three stops early: it stays in the batch (fewer than half are done) but its tokens,
+    cache entries and compression events end where it stopped."""
+    prompts = [*PROMPTS, "Sphinx of black quartz, judge my vow."]
+    options = dict(decode_method="infokv", compress_every=20, temperature=1.0, seed=[1, 2, 3])
+    free = [c.token_ids for c in generate(llama, tokenizer, prompts, "full", 1.0, **options, **LONG)]
+
+    def first(ids: list[int], token: int) -> int:
+        return ids.index(token) if token in ids else len(ids)
+
+    early = [t for t in set(free[0]) if 10 <= first(free[0], t) < min(first(ids, t) for ids in free[1:]) - 10]
+    stop = min(early, key=lambda token: first(free[0], token))
+    stopping = copy.deepcopy(llama)
+    stopping.generation_config.eos_token_id = [stop]
+    together = generate(stopping, tokenizer, prompts, "full", 1.0, **options, max_new_tokens=100)
+    assert [c.token_ids for c in together] == [ids[: first(ids, stop)] for ids in free]
+    options |= {"seed": 1, "max_new_tokens": 100}
+    alone = generate(stopping, tokenizer, prompts[:1], "full", 1.0, **options)
+    for key in ("compression_events", "peak_cache_entries", "final_cache_entries", "compressions"):
+        assert together[0].stats[key] == alone[0].stats[key], key
+
+
 def test_reasoning_protocol_sampling_is_reproducible_with_distinct_seeds(llama, tokenizer):
     options = {**REASONING_PROTOCOL, "max_new_tokens": 60}
     settings = [("full", 1.0, "infokv", 0.25)]

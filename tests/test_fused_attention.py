@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.parametrize(("queries", "keys"), [(300, 300), (257, 1000), (64, 4096)])
 def test_fused_equals_blockwise(queries, keys):
-    if not fused_attention.available(torch.empty(1, 128, device="cuda")):
+    if not fused_attention.available(torch.empty(1, 128, device="cuda", dtype=torch.bfloat16)):
         pytest.skip("Triton is not installed")
     generator = torch.Generator(device="cuda").manual_seed(queries + keys)
     query = torch.randn(2, 8, queries, 128, device="cuda", generator=generator).bfloat16()
@@ -27,9 +27,10 @@ def test_fused_equals_blockwise(queries, keys):
     assert torch.isclose(sums.sum(-1), torch.full_like(sums[..., 0], float(queries)), rtol=1e-3).all()
 
 
-def test_chunked_cuda_prefill_matches_cpu_float32():
+@pytest.mark.parametrize("cumulative", [True, False], ids=["fused-h2o", "flash"])
+def test_chunked_cuda_prefill_matches_cpu_float32(cumulative):
     """Chunked bf16 prefill on CUDA (lower-right causal flash attention, GQA without copies, fused H2O
-    sums) captures what the float32 CPU prefill captures."""
+    sums when asked for) captures what the float32 CPU prefill captures."""
     from tiny import tiny_model
 
     from infokv import signals
@@ -38,12 +39,12 @@ def test_chunked_cuda_prefill_matches_cpu_float32():
     model = tiny_model("llama")
     prompt = torch.randint(4, 80, (1, 150), generator=torch.Generator().manual_seed(3))
     valid = torch.ones_like(prompt, dtype=torch.bool)
-    needs = {(signals.CUMULATIVE_ATTENTION,), (signals.EVOLUTION,)}
+    needs = {(signals.EVOLUTION,)} | ({(signals.CUMULATIVE_ATTENTION,)} if cumulative else set())
     _, expected, expected_logits = prefill(model, prompt, valid, needs, chunk=4096)
     gpu = model.to("cuda", torch.bfloat16)
     state, captured, logits = prefill(gpu, prompt.cuda(), valid.cuda(), needs, chunk=37)
     torch.testing.assert_close(logits.cpu(), expected_logits, rtol=5e-2, atol=5e-2)
-    for layer in range(state.num_layers):
+    for layer in range(state.num_layers if cumulative else 0):
         torch.testing.assert_close(
             captured.cumulative[layer].cpu(), expected.cumulative[layer], rtol=5e-2, atol=5e-2
         )

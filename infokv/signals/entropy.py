@@ -20,7 +20,8 @@ POSITIONS = ("producing", "next")
 def topk_entropy(logits: torch.Tensor, topk: int) -> torch.Tensor:
     """Entropy (…,) of the distributions given by (…, V) logits, restricted to the top ``topk``."""
     if 0 < topk < logits.shape[-1]:
-        logits = logits.topk(topk, dim=-1).values  # before the fp32 cast: no fp32 copy of (…, V)
+        # Before the fp32 cast (no fp32 copy of (…, V)); unsorted, as the entropy does not depend on order.
+        logits = logits.topk(topk, dim=-1, sorted=False).values
     log_probabilities = logits.float().log_softmax(dim=-1)
     return -(log_probabilities.exp() * log_probabilities).sum(dim=-1)
 

@@ -19,6 +19,8 @@ import functools
 
 import torch
 
+from infokv.hooks import flash_available, lower_right_flash_attention
+
 BLOCK_QUERIES = 64
 BLOCK_KEYS = 64
 
@@ -81,8 +83,9 @@ def _kernel():
 
 
 def available(query: torch.Tensor) -> bool:
-    """Whether the fused path can run for this tensor (CUDA, Triton importable, head size a power of 2)."""
-    if not query.is_cuda:
+    """Whether the fused path can run for this tensor (flash attention, Triton importable, head size a
+    power of 2)."""
+    if not flash_available(query):
         return False
     try:
         import triton  # noqa: F401
@@ -100,11 +103,8 @@ def attention_with_column_sums(
     batch, query_heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     groups = query_heads // kv_heads
-    # The flash kernel takes GQA keys and values as they are (no per-query-head copies).
-    output, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-        query, key, value, 0.0, is_causal=True, return_debug_mask=False, scale=scaling
-    )[:2]
-    lse = lse[..., :queries].contiguous()
+    output, lse = lower_right_flash_attention(query, key, value, scaling)
+    lse = lse.contiguous()
     query = query if query.stride(-1) == 1 else query.contiguous()
     key = key if key.stride(-1) == 1 else key.contiguous()
     sums = torch.empty(batch, query_heads, keys, device=query.device, dtype=torch.float32)

@@ -25,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface, PreTrainedModel
 
+from infokv import causal_attention
 from infokv.cache import KVState
 
 ATTENTION_NAME = "infokv"
@@ -87,27 +88,6 @@ def attention_mask_for(
     if valid is None:
         return causal[None, None]
     return ((causal[None] & valid[:, None, :]) | (key_index == query_index)[None])[:, None]
-
-
-def flash_available(query: torch.Tensor) -> bool:
-    """Whether PyTorch's flash kernel takes these queries (CUDA, half precision, head size ≤ 256)."""
-    return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256
-
-
-def lower_right_flash_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal flash attention (B, H_q, q, d) of the last q of k keys, and each query's log-normaliser
-    (B, H_q, q).
-
-    PyTorch's flash kernel aligns the causal mask to the lower right (query j sits at key index
-    k − q + j) and takes GQA keys and values without per-query-head copies. ``sdpa`` with a
-    ``causal_lower_right`` bias would run the slower memory-efficient kernel instead.
-    """
-    output, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-        query, key, value, 0.0, is_causal=True, return_debug_mask=False, scale=scaling
-    )[:2]
-    return output, lse[..., : query.shape[2]]
 
 
 def _repeat_heads(states: torch.Tensor, repeats: int) -> torch.Tensor:
@@ -219,6 +199,8 @@ def infokv_attention(
         return _flash_attention(module, query, key, value, scaling, context.backend, **kwargs), None
     if queries == 1 and not (trivial_mask and query.is_cuda):
         output = _single_query_attention(query, key, value, valid, scaling)
+    elif valid is None and queries > 1 and causal_attention.available(query):  # prefill chunks on CUDA
+        output = causal_attention.lower_right_causal_attention(query, key, value, scaling)[0]
     elif trivial_mask and query.is_cuda:
         output = F.scaled_dot_product_attention(
             query, key, value, is_causal=queries > 1, scale=scaling, enable_gqa=repeats > 1
@@ -231,8 +213,6 @@ def infokv_attention(
             is_causal=queries > 1,
             scale=scaling,
         )
-    elif valid is None and flash_available(query):  # chunked prefill: flash attention, GQA without copies
-        output = lower_right_flash_attention(query, key, value, scaling)[0]
     elif valid is None and query.is_cuda:
         output = F.scaled_dot_product_attention(
             query,

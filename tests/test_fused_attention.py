@@ -5,16 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
+from infokv import causal_attention
 from infokv.signals import fused_attention
 from infokv.signals.attention import blockwise_attention
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.mark.parametrize("kernel", ["cudnn", "flash"])
 @pytest.mark.parametrize(("queries", "keys"), [(300, 300), (257, 1000), (64, 4096)])
-def test_fused_equals_blockwise(queries, keys):
+def test_fused_equals_blockwise(queries, keys, kernel, monkeypatch):
     if not fused_attention.available(torch.empty(1, 128, device="cuda", dtype=torch.bfloat16)):
         pytest.skip("Triton is not installed")
+    if kernel == "flash":
+        monkeypatch.setattr(causal_attention, "_cudnn_usable", lambda query, keys: False)
+    else:
+        monkeypatch.setattr(causal_attention, "CUDNN_GRID", 1)
     generator = torch.Generator(device="cuda").manual_seed(queries + keys)
     query = torch.randn(2, 8, queries, 128, device="cuda", generator=generator).bfloat16()
     key = torch.randn(2, 2, keys, 128, device="cuda", generator=generator).bfloat16()

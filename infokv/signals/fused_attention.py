@@ -1,7 +1,7 @@
 """Causal attention with H2O's column sums on CUDA, without materialising probabilities.
 
-The attention output and each query's log-normaliser come from PyTorch's flash-attention kernel
-(lower-right causal when there are fewer queries than keys: query j sits at key index k − q + j);
+The attention output and each query's log-normaliser come from
+:func:`infokv.causal_attention.lower_right_causal_attention` (query j sits at key index k − q + j);
 a Triton kernel then sums the probabilities over the queries for each key, recomputing the
 scores tile by tile in registers:
 
@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from infokv.hooks import flash_available, lower_right_flash_attention
+from infokv import causal_attention
 
 BLOCK_QUERIES = 64
 BLOCK_KEYS = 64
@@ -85,7 +85,7 @@ def _kernel():
 def available(query: torch.Tensor) -> bool:
     """Whether the fused path can run for this tensor (flash attention, Triton importable, head size a
     power of 2)."""
-    if not flash_available(query):
+    if not causal_attention.available(query):
         return False
     try:
         import triton  # noqa: F401
@@ -103,7 +103,7 @@ def attention_with_column_sums(
     batch, query_heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     groups = query_heads // kv_heads
-    output, lse = lower_right_flash_attention(query, key, value, scaling)
+    output, lse = causal_attention.lower_right_causal_attention(query, key, value, scaling)
     lse = lse.contiguous()
     query = query if query.stride(-1) == 1 else query.contiguous()
     key = key if key.stride(-1) == 1 else key.contiguous()

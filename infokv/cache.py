@@ -39,6 +39,7 @@ class GrowingLayer(DynamicLayer):
 
     _key_buffer: torch.Tensor | None = None
     _value_buffer: torch.Tensor | None = None
+    _fixed: FixedWrite | None = None
 
     def _owns_keys(self) -> bool:
         buffer = self._key_buffer
@@ -49,6 +50,8 @@ class GrowingLayer(DynamicLayer):
         )
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self._fixed is not None:
+            return self._fixed.write(self._key_buffer, self._value_buffer, key_states, value_states)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         old = self.keys.shape[-2] if self.keys.ndim == 4 else 0
@@ -71,6 +74,31 @@ class GrowingLayer(DynamicLayer):
         """Hold the first ``length`` entries of buffers whose spare capacity later steps append into."""
         self._key_buffer, self._value_buffer = key_buffer, value_buffer
         self.keys, self.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
+
+
+@dataclass
+class FixedWrite:
+    """Fixed-shape appends for one layer: the step's entry goes to slot ``length + step`` (``step`` a device
+    scalar), its validity bit is set, and attention sees the whole buffer. Nothing depends on host values,
+    so a decoding step can be captured once as a CUDA graph and replayed."""
+
+    length: int
+    step: torch.Tensor
+    valid: torch.Tensor
+    """(R, length + steps): the entries attention may see, growing by one slot per step."""
+    dense_prefix: bool = False
+    """Whether the first ``length`` entries are all valid (no padding or filler)."""
+
+    def write(
+        self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        slot = (self.step + self.length).reshape(1)
+        width = self.valid.shape[1]
+        key_buffer, value_buffer = key_buffer[:, :, :width], value_buffer[:, :, :width]
+        key_buffer.index_copy_(2, slot, keys)
+        value_buffer.index_copy_(2, slot, values)
+        self.valid.index_fill_(1, slot, True)
+        return key_buffer, value_buffer
 
 
 def growth_capacity(entries: int) -> int:
@@ -186,6 +214,43 @@ class KVState:
             keys, values = self.layer(index)
             _copy_layer(cache, index, keys, values, rows.to(keys.device), None)
         return KVState(cache, [None if valid is None else valid[rows] for valid in self.valid])
+
+    def fix_shapes(self, steps: int, step: torch.Tensor) -> None:
+        """Switch to fixed-shape appends (:class:`FixedWrite`) for up to ``steps`` steps, counted by the
+        device scalar ``step``: buffers get room for them and ``valid[l]`` covers length + ``steps``."""
+        for index in range(self.num_layers):
+            layer = self.cache.layers[index]
+            keys, values = layer.keys, layer.values
+            batch, length = keys.shape[0], keys.shape[2]
+            width = length + steps
+            if not layer._owns_keys() or layer._key_buffer.shape[2] < width:
+                capacity = growth_capacity(width)  # amortised over successive runs of fixed steps
+                key_buffer = keys.new_empty(*keys.shape[:2], capacity, keys.shape[-1])
+                value_buffer = values.new_empty(*values.shape[:2], capacity, values.shape[-1])
+                key_buffer[:, :, :length], value_buffer[:, :, :length] = keys, values
+                layer.adopt(key_buffer, value_buffer, length)
+            # Unwritten slots are attended under a False mask: zero them, as 0 · NaN would still be NaN.
+            layer._key_buffer[:, :, length:width].zero_()
+            layer._value_buffer[:, :, length:width].zero_()
+            valid = torch.zeros(batch, width, dtype=torch.bool, device=keys.device)
+            valid[:, :length] = self.valid_mask(index)
+            layer._fixed = FixedWrite(length, step, valid, self.valid[index] is None)
+            self.valid[index] = valid
+
+    def dense_prefix(self, index: int) -> int | None:
+        """In fixed-shape mode, the length of layer ``index``'s leading run of valid entries, else None."""
+        fixed = getattr(self.cache.layers[index], "_fixed", None)
+        return fixed.length if fixed is not None and fixed.dense_prefix else None
+
+    def unfix_shapes(self, steps: int) -> None:
+        """Back to growing appends after ``steps`` fixed-shape steps."""
+        for index in range(self.num_layers):
+            layer = self.cache.layers[index]
+            fixed, layer._fixed = layer._fixed, None
+            length = fixed.length + steps
+            layer.adopt(layer._key_buffer, layer._value_buffer, length)
+            valid = fixed.valid[:, :length]
+            self.valid[index] = None if bool(valid.all()) else valid
 
     def valid_mask(self, index: int) -> torch.Tensor:
         """(B, T_l) validity of layer ``index``, all True when nothing is masked."""

@@ -23,6 +23,7 @@ from infokv import methods
 from infokv.cache import KVState
 from infokv.capture import forward_hidden, output_logits, rotary_function
 from infokv.decode_signals import DecodeTracker, LayerEntries
+from infokv.graphed_decode import GraphedDecoder
 from infokv.hooks import layer_output_hooks, prerope_query_hooks
 from infokv.methods.base import Method
 from infokv.sampling import Sampler
@@ -191,6 +192,7 @@ def decode(
         if tracker.query_statistics:
             hooks.enter_context(prerope_query_hooks(model, tracker.on_queries))
         done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+        graphed = None
         for generated in range(1, max_new_tokens + 1):
             token = sampler(logits)
             for row, value, idle in zip(batch.active, token.tolist(), done.tolist(), strict=True):
@@ -202,6 +204,16 @@ def decode(
             done = done | finished
             if generated == max_new_tokens or bool(done.all()):
                 break
+            if replayable(model, tracker, compressions):
+                # Rows never leave the batch here: a finished row idles until every row is done.
+                if graphed is None or graphed.done == graphed.steps:
+                    if graphed is not None:
+                        batch.state = graphed.release()
+                    steps = min(GRAPH_STEPS, max_new_tokens - generated)
+                    graphed = GraphedDecoder(model, batch.state, batch.positions, steps)
+                logits = graphed(token)
+                batch.positions = batch.positions + 1
+                continue
             if 2 * int(done.sum()) >= len(done):
                 keep = ~done
                 sampler = sampler.subset(keep.nonzero()[:, 0].tolist())
@@ -217,11 +229,31 @@ def decode(
             batch.positions = batch.positions + 1
             _record_entries(batch, stats, done)
             _maybe_compress(batch, tracker, compressions, generated, stats, rotary, done)
+    if graphed is not None:
+        batch.state = graphed.release()
+        for row in batch.active:  # every token but the last was fed, and nothing was evicted
+            stats[row].final_entries += len(tokens[row]) - 1
+            stats[row].peak_entries = stats[row].final_entries
     elapsed = time.perf_counter() - start_clock
     for row, idle in zip(batch.active, done.tolist(), strict=True):
         if not idle:
             stats[row].seconds = elapsed
     return tokens, stats
+
+
+GRAPH_STEPS = 256
+"""Steps per captured decoding graph: attention reads length + GRAPH_STEPS slots from the first of them,
+and a new capture (about two steps' host time) follows every GRAPH_STEPS steps."""
+
+
+def replayable(model: PreTrainedModel, tracker: DecodeTracker, compressions: Sequence) -> bool:
+    """Whether steps can replay a captured CUDA graph: on CUDA, with no decoding compression and no
+    per-step signals to collect."""
+    return (
+        model.device.type == "cuda"
+        and all(compression is None for compression in compressions)
+        and not (tracker.needs_attention or tracker.topks or tracker.evolution or tracker.query_statistics)
+    )
 
 
 def _record_entries(batch: DecodeBatch, stats: list[RowStats], done: torch.Tensor | None = None) -> None:

@@ -25,7 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface, PreTrainedModel
 
-from infokv import causal_attention
+from infokv import causal_attention, decode_attention
 from infokv.cache import KVState
 
 ATTENTION_NAME = "infokv"
@@ -197,7 +197,10 @@ def infokv_attention(
     trivial_mask = valid is None and (queries == 1 or queries == keys)
     if trivial_mask and context.backend == "flash_attention_2":
         return _flash_attention(module, query, key, value, scaling, context.backend, **kwargs), None
-    if queries == 1 and not (trivial_mask and query.is_cuda):
+    prefix = context.state.dense_prefix(layer) if queries == 1 else None
+    if prefix is not None:  # a fixed-shape (CUDA-graph) decoding step
+        output = decode_attention.prefix_and_recent_attention(query, key, value, valid, prefix, scaling)
+    elif queries == 1 and not (trivial_mask and query.is_cuda):
         output = _single_query_attention(query, key, value, valid, scaling)
     elif valid is None and queries > 1 and causal_attention.available(query):  # prefill chunks on CUDA
         output = causal_attention.lower_right_causal_attention(query, key, value, scaling)[0]

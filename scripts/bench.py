@@ -15,7 +15,8 @@ Parts (``--parts``; all by default):
   for entropy]) / matrix rate), ratio to the full-cache prefill, peak GPU memory (floor: weights
   + full cache), signal memory (peak of the method's prefill − peak of the full prefill), KV bytes
   after compression (floor: kept tokens × bytes per token).
-* ``decode``: greedy steps through the engine's forward path (``engine.forward_tokens``) on each
+* ``decode``: greedy steps through the engine's decoding step (:class:`infokv.graphed_decode.GraphedDecoder`,
+  the captured CUDA graph that ``decoding.decode`` replays) on each
   compressed cache, batch 1 and 16 (batch 16 = the compressed row repeated, skipped where it does
   not fit): tokens/s (floor: batch / ((weights + KV bytes read) / copy bandwidth)).
 * ``sweep``: ``generate_sweep`` over every method × budget on one prompt vs ``generate`` with the
@@ -31,29 +32,34 @@ the figure ``--figure``; ``--plot-only CSV...`` redraws the figure from CSVs of 
 
 Results committed (H200, torch 2.11, transformers 5.17, sdpa; results/bench/gpu.csv and
 results/figures/bench_gpu.png). The device time of one session did not fit every part in one call,
-so the CSV joins three calls of this script: ceilings, prefill (8K/32K/64K), kvpress at 32K and the
-sweep from one call (``--parts ceilings prefill kvpress sweep --kvpress-lengths 32768``); decode
-rows from an earlier call (``--parts ceilings prefill decode``; the decode path has not changed
-since); kvpress at 8K/64K and the scenario from a third (``--parts ceilings kvpress sweep scenario
---repeats 2``). Measured matmul 734-791 TFLOP/s, copy 4.19-4.28 TB/s. At 32K tokens, 20% budget:
+so the CSV joins calls of this script: everything at 32K from one call (``--parts ceilings prefill
+decode kvpress sweep --lengths 32768 --kvpress-lengths 32768``); full, snapkv, infokv and h2o at 8K
+and 64K from a second (``--parts ceilings prefill decode --lengths 8192 65536 --methods full snapkv
+infokv h2o --repeats 2``); kvpress at 8K/64K and the decoding scenario from an earlier session's
+call (``--parts ceilings kvpress sweep scenario --repeats 2``: kvpress runs in its own process and
+environment; the scenario compresses while decoding, a path these changes did not touch).
+Measured matmul 761-791 TFLOP/s, copy 4.24-4.28 TB/s. At 32K tokens, 20% budget:
 
-* full-cache prefill (chunks of 4096) 1.78 s; floor 1.01 s; kvpress's unchunked prefill 1.38 s.
-* prefill + compression / full: streamingllm 1.01, snapkv 1.04 (target ≤ 1.05: met), pyramidkv
-  1.04, expected_attention 1.11, infokv 1.12 (target ≤ 1.10: missed by 0.02), h2o 1.32 (target
+* full-cache prefill (chunks of 4096) 1.49 s; floor 0.95 s; kvpress's unchunked prefill 1.41 s.
+  Full chunks run on cuDNN's attention kernel (:mod:`infokv.causal_attention`); with
+  flash-attention 2 it was 1.78 s.
+* prefill + compression / full: streamingllm 1.01, snapkv 1.02 (target ≤ 1.05: met), pyramidkv
+  1.02, expected_attention 1.13, infokv 1.15 (target ≤ 1.10: missed by 0.05), h2o 1.38 (target
   ≤ 1.6: met, with the fused flash + Triton column sums of :mod:`infokv.signals.fused_attention`).
-* our snapkv 1.85 s vs kvpress snapkv 1.43 s: 1.29× (target ≤ 1.0: missed). The gap is our
-  chunked prefill (full: 1.78 s vs kvpress's 1.38 s unchunked, same model and prompt): 8 chunked
-  lower-right causal flash calls and per-chunk host-side work instead of one causal call.
+  infokv's 0.15 s over full: the LM head and top-256 over 32K positions, and prefill chunks of
+  2048 instead of 4096 (the evolution buffer holds every layer's residual stream of a chunk).
+* our snapkv 1.52 s vs kvpress snapkv 1.45 s: 1.05× (target ≤ 1.0: missed by 0.05; it was 1.29×):
+  the rest of the gap is chunking's per-chunk work against one unchunked pass.
 * infokv's signals add 0.06× the full KV bytes to the prefill's peak (target ≤ 0.25: met);
   KV bytes after compression 0.20× (target ≤ 0.25: met).
-* decode at batch 16: full 664 tokens/s (floor 800); compressed caches 510-830 tokens/s (floor
-  2330): 0.77-1.25× full (target ≥ 1.5: missed). Each step is host-bound: about 1100 kernel
-  launches, ~20 ms of CPU against ~7 ms of GPU work (torch.profiler); closing it takes a captured
-  CUDA graph of the decode step over a static-capacity cache.
-* sweep of 7 methods × 2 budgets, 64 new tokens: 1.90× one full prefill + decode (target ≤ 1.5:
-  missed): its prefill captures every signal (2.7 s vs 1.6 s), 13 compressions take 0.9 s, and its
-  13 rows decode padded to the full row's 32K entries (3.6 s vs 1.5 s).
-* decoding scenario (shortened: 1024-token prompt, 2080 new tokens, compress_every 1024, ratio
+* decode, replaying a captured CUDA graph per step (:mod:`infokv.graphed_decode`): full 97
+  tokens/s at batch 1 (was 41 eager) and 598 at batch 16 (floor 818); 20% caches 106 and 1190-1199
+  tokens/s: 1.99× full at batch 16 (target ≥ 1.5: met; eager steps gave 0.77-1.25×).
+* sweep of 7 methods × 2 budgets, 64 new tokens: 2.60× one full prefill + decode (target ≤ 1.5:
+  missed). The full run's decode got 2.4× faster with graphs, the sweep's much less: its 13 rows
+  are padded to the full row's 32K entries and, having filler, attend the whole width under a mask
+  (prefill 2.20 s, compression 0.63 s, decode 3.31 s, against 6.31 s in all).
+* decoding scenario (earlier call; 1024-token prompt, 2080 new tokens, compress_every 1024, ratio
   0.25): rpc −8% and infokv +7% wall time against the full cache.
 
     python scripts/bench.py                        # everything, about 15 min on an H200
@@ -80,7 +86,8 @@ from transformers import PreTrainedTokenizerFast
 
 from infokv import generate, generate_sweep, methods
 from infokv.capture import prefill
-from infokv.engine import Setting, compress_settings, forward_tokens
+from infokv.engine import Setting, compress_settings
+from infokv.graphed_decode import GraphedDecoder
 
 PARTS = ("ceilings", "prefill", "decode", "sweep", "scenario", "kvpress")
 KVPRESS_METHODS = ("snapkv", "streamingllm", "pyramidkv", "expected_attention")
@@ -278,19 +285,18 @@ class Bench:
                 flush=True,
             )
             return
+        steps = self.args.decode_steps
+        token = torch.ones(batch, dtype=torch.long, device="cuda")
         with torch.inference_mode():
             rows = state.select_rows(torch.zeros(batch, dtype=torch.long, device="cuda"))
-        positions = torch.full((batch, 1), tokens, dtype=torch.long, device="cuda")
-        token = torch.ones(batch, 1, dtype=torch.long, device="cuda")
+            positions = torch.full((batch,), tokens, dtype=torch.long, device="cuda")
+            decoder = GraphedDecoder(self.model, rows, positions, steps + 4)
 
         def step() -> None:
-            nonlocal token, positions
+            nonlocal token
             with torch.inference_mode():
-                logits = forward_tokens(self.model, rows, token, positions)
-            token = logits.argmax(dim=-1, keepdim=True)
-            positions = positions + 1
+                token = decoder(token).argmax(dim=-1)
 
-        steps = self.args.decode_steps
         for _ in range(4):
             step()
         seconds, _ = bench_common.median_seconds(lambda: [step() for _ in range(steps)], 1, warmup=0)
@@ -740,13 +746,12 @@ def plot(rows: list[Row], path: Path) -> None:
         for r in rows
         if r.metric == "signal_memory_ratio_to_full_kv" and r.budget in ("0.2", "1")
     ]
+    names = list(dict.fromkeys(m for m, _, _ in memory))  # one slot per method, whichever lengths it has
     for index, tokens in enumerate(lengths):
         picked = [(m, v) for m, t, v in memory if t == tokens]
-        offsets = [i + index * 0.25 for i in range(len(picked))]
+        offsets = [names.index(m) + index * 0.25 for m, _ in picked]
         axis.bar(offsets, [v for _, v in picked], width=0.25, label=f"{tokens} tokens")
-        axis.set_xticks(
-            [i + 0.25 for i in range(len(picked))], [m for m, _ in picked], rotation=30, fontsize=7
-        )
+    axis.set_xticks([i + 0.25 for i in range(len(names))], names, rotation=30, fontsize=7)
     axis.axhline(0.25, color="r", lw=0.8, label="target (infokv) 0.25")
     axis.set(ylabel="(peak of prefill − full's) / full KV bytes", title="signal memory during prefill")
     axis.legend(fontsize=7)

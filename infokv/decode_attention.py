@@ -1,0 +1,68 @@
+"""One decoding query per row over a fixed-shape cache (:class:`infokv.cache.FixedWrite`).
+
+The cache holds p entries that are all valid, then the slots of the captured steps, valid once
+written. A mask over the whole width would send every step to a masked kernel that reads the p
+entries without splitting them across thread blocks (at 32K entries, batch 1, half the speed of an
+unmasked kernel). So the prefix is attended without a mask and the few recent slots with one, and
+the two parts are merged by their log-normalisers:
+
+    lse = log(e^{l₁} + e^{l₂}),    o = e^{l₁ − lse} · o₁ + e^{l₂ − lse} · o₂
+
+Shapes stay fixed from step to step, so the step can be captured as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from infokv import causal_attention
+
+
+def _masked_part(
+    grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output (B, H_kv, g, d) and fp32 log-normaliser (B, H_kv, g) of grouped queries over masked keys."""
+    logits = torch.matmul(grouped.float(), key.float().transpose(-1, -2)) * scaling
+    logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)
+    output = torch.matmul((logits - lse[..., None]).exp(), value.float())
+    return output, lse
+
+
+def _prefix_part(
+    query: torch.Tensor, grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output (B, H_kv, g, d) and fp32 log-normaliser (B, H_kv, g) over keys that are all valid."""
+    batch, kv_heads, groups, dim = grouped.shape
+    if causal_attention.available(query):
+        output, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+            query, key, value, 0.0, is_causal=False, return_debug_mask=False, scale=scaling
+        )[:2]
+        shape = (batch, kv_heads, groups)
+        return output.reshape(*shape, dim).float(), lse[..., :1].reshape(shape).float()
+    everything = torch.ones(batch, key.shape[2], dtype=torch.bool, device=key.device)
+    return _masked_part(grouped, key, value, everything, scaling)
+
+
+def prefix_and_recent_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor,
+    prefix: int,
+    scaling: float,
+) -> torch.Tensor:
+    """Attention (B, H_q, 1, d) of one query per row over keys whose first ``prefix`` entries are valid."""
+    batch, query_heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
+    recent_output, recent_lse = _masked_part(
+        grouped, key[:, :, prefix:], value[:, :, prefix:], valid[:, prefix:], scaling
+    )
+    if prefix == 0:
+        return recent_output.to(query.dtype).reshape(batch, query_heads, 1, dim)
+    head_output, head_lse = _prefix_part(query, grouped, key[:, :, :prefix], value[:, :, :prefix], scaling)
+    lse = torch.logaddexp(head_lse, recent_lse)
+    output = head_output * (head_lse - lse).exp()[..., None]
+    output += recent_output * (recent_lse - lse).exp()[..., None]
+    return output.to(query.dtype).reshape(batch, query_heads, 1, dim)

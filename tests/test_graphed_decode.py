@@ -1,0 +1,56 @@
+"""Fixed-shape decoding steps (the CUDA-graph path), run eagerly here: same logits, same cache, same text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from infokv import decoding, generate, generate_sweep
+from infokv.capture import prefill
+from infokv.engine import forward_tokens, left_pad
+from infokv.graphed_decode import GraphedDecoder
+
+PROMPTS = ["The quick brown fox jumps over the lazy dog. ", "Pack my box."]
+
+
+def prefilled(model, tokenizer, prompts):
+    ids, valid = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id, model.device)
+    state, captured, logits = prefill(model, ids, valid, set())
+    return state, captured.lengths, logits
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[:1] * 2], ids=["padded", "dense"])
+def test_fixed_shape_steps_match_growing_steps(model, tokenizer, prompts):
+    """Padded rows attend the whole width under a mask; dense rows attend their prefix unmasked."""
+    growing, positions, logits = prefilled(model, tokenizer, prompts)
+    fixed_state = growing.select_rows(torch.arange(len(prompts)))
+    decoder = GraphedDecoder(model, fixed_state, positions, steps=7, capture=False)
+    token = logits.argmax(-1)
+    with torch.inference_mode():
+        for step in range(7):
+            expected = forward_tokens(model, growing, token[:, None], (positions + step)[:, None])
+            got = decoder(token)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+            token = expected.argmax(-1)
+        with pytest.raises(RuntimeError, match="set up for 7 steps"):
+            decoder(token)
+    released = decoder.release()
+    for layer in range(growing.num_layers):
+        torch.testing.assert_close(released.layer(layer)[0], growing.layer(layer)[0], rtol=1e-4, atol=1e-5)
+        assert torch.equal(released.valid_mask(layer), growing.valid_mask(layer))
+
+
+def test_replayed_decoding_gives_the_same_completions_and_stats(llama, tokenizer, monkeypatch):
+    options = dict(max_new_tokens=40, stop_at_eos=False)
+    settings = [("full", 1.0), ("snapkv", 0.5), ("pyramidkv", 0.5)]
+    expected = generate_sweep(llama, tokenizer, PROMPTS, settings, **options)
+    sampled = generate(llama, tokenizer, PROMPTS[:1], "h2o", 0.5, temperature=1.0, seed=3, **options)
+    monkeypatch.setattr(decoding, "replayable", lambda *args: True)
+    monkeypatch.setattr(decoding, "GRAPH_STEPS", 16)  # several captures per generation
+    got = generate_sweep(llama, tokenizer, PROMPTS, settings, **options)
+    for before, after in zip(expected, got, strict=True):
+        assert [c.token_ids for c in after] == [c.token_ids for c in before]
+        for key in ("peak_cache_entries", "final_cache_entries", "kept_tokens"):
+            assert [c.stats[key] for c in after] == [c.stats[key] for c in before], key
+    again = generate(llama, tokenizer, PROMPTS[:1], "h2o", 0.5, temperature=1.0, seed=3, **options)
+    assert [c.token_ids for c in again] == [c.token_ids for c in sampled]

@@ -171,6 +171,7 @@ def decode(
     sampler: Sampler,
     stop_ids: Sequence[int],
     stop_at_eos: bool = True,
+    cuda_graphs: bool = True,
 ) -> tuple[list[list[int]], list[RowStats]]:
     """Generate up to ``max_new_tokens`` per row (stopping rows at a stop token), compressing as configured.
 
@@ -204,7 +205,7 @@ def decode(
             done = done | finished
             if generated == max_new_tokens or bool(done.all()):
                 break
-            if replayable(model, tracker, compressions):
+            if cuda_graphs and replayable(model, tracker, compressions):
                 # Rows never leave the batch here: a finished row idles until every row is done.
                 if graphed is None or graphed.done == graphed.steps:
                     if graphed is not None:

@@ -276,12 +276,14 @@ def generate_sweep(
     compress_every: int = 1024,
     compress_prompt: bool = False,
     stop_at_eos: bool = True,
+    cuda_graphs: bool = True,
 ) -> list[list[Completion]]:
     """Completions for every setting and prompt: ``result[setting][prompt · samples + sample]``.
 
     Each batch of prompts is prefilled once; every setting compresses the same full cache and all
     settings decode together. ``samples`` > 1 draws that many completions per prompt, sample i
-    with seed ``seed + i`` (or ``seed[prompt] + i``).
+    with seed ``seed + i`` (or ``seed[prompt] + i``). ``cuda_graphs`` lets decoding steps that compress
+    nothing replay a captured CUDA graph (:mod:`infokv.graphed_decode`; no effect off CUDA).
     """
     resolved = build_settings(settings, compress_every, compress_prompt)
     tokenized = tokenize(tokenizer, prompts, compress)
@@ -293,6 +295,8 @@ def generate_sweep(
     Sampler(temperature, top_p, [], torch.device("cpu"))
     if prefill_chunk < 1:
         raise ValueError(f"prefill_chunk {prefill_chunk} must be >= 1")
+    if not isinstance(cuda_graphs, bool):
+        raise ValueError(f"cuda_graphs {cuda_graphs!r} must be true or false")
     check_model(model)
     unique = list(dict.fromkeys(resolved))  # equal settings (e.g. full at two budgets) are decoded once
     step = batch_size or len(tokenized)
@@ -302,6 +306,7 @@ def generate_sweep(
         "top_p": top_p,
         "prefill_chunk": prefill_chunk,
         "stop_at_eos": stop_at_eos,
+        "cuda_graphs": cuda_graphs,
     }
     results: list[list[Completion]] = [[] for _ in unique]
     for start in range(0, len(tokenized), step):
@@ -332,6 +337,7 @@ def _run_batch(
     top_p: float,
     prefill_chunk: int,
     stop_at_eos: bool,
+    cuda_graphs: bool,
 ) -> list[list[Completion]]:
     device = model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -375,7 +381,16 @@ def _run_batch(
         )
         compressions = [setting.decode for setting in settings]
         tokens, row_stats = decode(
-            model, decode_batch, tracker, compressions, logits, max_new_tokens, sampler, stop_ids, stop_at_eos
+            model,
+            decode_batch,
+            tracker,
+            compressions,
+            logits,
+            max_new_tokens,
+            sampler,
+            stop_ids,
+            stop_at_eos,
+            cuda_graphs,
         )
     decode_seconds = time.perf_counter() - clock
     shared = {

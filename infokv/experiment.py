@@ -236,6 +236,7 @@ def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
                 compress=compress,
                 samples=draws,
                 prefill_chunk=scenario.prefill_chunk,
+                cuda_graphs=scenario.cuda_graphs,
             )
             for position, (sample, prompt) in enumerate(zip(batch, prompts, strict=True)):
                 records = []

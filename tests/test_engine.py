@@ -124,6 +124,7 @@ def guarded(llama):
         (dict(method="snapkv", budget=0.2, max_new_tokens=0), "max_new_tokens 0"),
         (dict(method="snapkv", budget=0.2, temperature=-1.0), "temperature -1.0"),
         (dict(method="snapkv", budget=0.2, top_p=0.0), "top_p 0.0"),
+        (dict(method="snapkv", budget=0.2, cuda_graphs="yes"), "cuda_graphs 'yes' must be true or false"),
         (dict(method="snapkv", budget=0.2, compress="question"), "compress 'question'"),
         (dict(method="snapkv", budget=0.2, compress="context_only"), "needs \\(context, question\\)"),
         (dict(method="snapkv", budget=0.2, max_new_tokens=2040), "the model's context 2048"),

@@ -54,3 +54,13 @@ def test_replayed_decoding_gives_the_same_completions_and_stats(llama, tokenizer
             assert [c.stats[key] for c in after] == [c.stats[key] for c in before], key
     again = generate(llama, tokenizer, PROMPTS[:1], "h2o", 0.5, temperature=1.0, seed=3, **options)
     assert [c.token_ids for c in again] == [c.token_ids for c in sampled]
+
+
+def test_cuda_graphs_false_keeps_the_eager_loop(llama, tokenizer, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a fixed-shape decoder was built with cuda_graphs=False")
+
+    monkeypatch.setattr(decoding, "replayable", lambda *args: True)
+    monkeypatch.setattr(decoding, "GraphedDecoder", refuse)
+    completions = generate(llama, tokenizer, PROMPTS, "snapkv", 0.5, max_new_tokens=8, cuda_graphs=False)
+    assert all(len(c.stats["kept_tokens"]) == llama.config.num_hidden_layers for c in completions)

@@ -56,19 +56,26 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         old = self.keys.shape[-2] if self.keys.ndim == 4 else 0
         new = old + key_states.shape[-2]
-        if not self._owns_keys() or new > self._key_buffer.shape[-2]:
-            capacity = growth_capacity(new)
-            batch, heads = key_states.shape[:2]
-            keys = key_states.new_empty(batch, heads, capacity, key_states.shape[-1])
-            values = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])
-            if old:
-                keys[:, :, :old] = self.keys
-                values[:, :, :old] = self.values
-            self._key_buffer, self._value_buffer = keys, values
+        self.reserve(new, key_states, value_states)
         self._key_buffer[:, :, old:new] = key_states
         self._value_buffer[:, :, old:new] = value_states
         self.keys, self.values = self._key_buffer[:, :, :new], self._value_buffer[:, :, :new]
         return self.keys, self.values
+
+    def reserve(self, entries: int, like_keys: torch.Tensor, like_values: torch.Tensor) -> None:
+        """Own buffers with room for ``entries`` entries (shaped like ``like_keys``/``like_values``), keeping
+        the entries held; a new buffer gets :func:`growth_capacity` slots, so growth is amortised."""
+        if self._owns_keys() and self._key_buffer.shape[-2] >= entries:
+            return
+        held = self.keys.shape[-2] if self.keys.ndim == 4 else 0
+        batch, heads = like_keys.shape[:2]
+        capacity = growth_capacity(entries)
+        keys = like_keys.new_empty(batch, heads, capacity, like_keys.shape[-1])
+        values = like_values.new_empty(batch, heads, capacity, like_values.shape[-1])
+        if held:
+            keys[:, :, :held] = self.keys
+            values[:, :, :held] = self.values
+        self.adopt(keys, values, held)
 
     def adopt(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int) -> None:
         """Hold the first ``length`` entries of buffers whose spare capacity later steps append into."""
@@ -182,9 +189,12 @@ class KVState:
         return [self.layer(i)[0].shape[-2] for i in range(self.num_layers)]
 
     def extend_valid(self, new_valid: torch.Tensor | None, new_tokens: int, batch: int) -> None:
-        """Record the validity of ``new_tokens`` entries about to be appended to every layer."""
+        """Record the validity of ``new_tokens`` entries about to be appended to every layer (layers with
+        fixed-shape appends record it themselves, :class:`FixedWrite`)."""
         for index, current in enumerate(self.valid):
             if current is None and new_valid is None:
+                continue
+            if self._fixed_write(index) is not None:
                 continue
             past = self.cache.layers[index].get_seq_length() if index < len(self.cache.layers) else 0
             device = new_valid.device if new_valid is not None else current.device
@@ -225,12 +235,7 @@ class KVState:
             keys, values = layer.keys, layer.values
             batch, length = keys.shape[0], keys.shape[2]
             width = length + steps
-            if not layer._owns_keys() or layer._key_buffer.shape[2] < width:
-                capacity = growth_capacity(width)  # amortised over successive runs of fixed steps
-                key_buffer = keys.new_empty(*keys.shape[:2], capacity, keys.shape[-1])
-                value_buffer = values.new_empty(*values.shape[:2], capacity, values.shape[-1])
-                key_buffer[:, :, :length], value_buffer[:, :, :length] = keys, values
-                layer.adopt(key_buffer, value_buffer, length)
+            layer.reserve(width, keys, values)
             # Unwritten slots are attended under a False mask: zero them, as 0 · NaN would still be NaN.
             layer._key_buffer[:, :, length:width].zero_()
             layer._value_buffer[:, :, length:width].zero_()
@@ -239,9 +244,19 @@ class KVState:
             layer._fixed = FixedWrite(length, step, valid, self.valid[index] is None)
             self.valid[index] = valid
 
+    def _fixed_write(self, index: int) -> FixedWrite | None:
+        layers = self.cache.layers
+        return getattr(layers[index], "_fixed", None) if index < len(layers) else None
+
+    def rewind_fixed_steps(self) -> None:
+        """Forget the fixed-shape steps written so far: their slots are no longer attended."""
+        for index in range(self.num_layers):
+            fixed = self._fixed_write(index)
+            fixed.valid[:, fixed.length :] = False
+
     def dense_prefix(self, index: int) -> int | None:
         """In fixed-shape mode, the length of layer ``index``'s leading run of valid entries, else None."""
-        fixed = getattr(self.cache.layers[index], "_fixed", None)
+        fixed = self._fixed_write(index)
         return fixed.length if fixed is not None and fixed.dense_prefix else None
 
     def unfix_shapes(self, steps: int) -> None:

@@ -53,22 +53,39 @@ def _cudnn(
     return output, lse.reshape(query.shape[:3]).float()
 
 
+def flash(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool, scaling: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flash-attention 2 output (B, H_q, q, d) and fp32 log-normalisers (B, H_q, q); ``causal`` is
+    lower-right."""
+    output, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+        query, key, value, 0.0, is_causal=causal, return_debug_mask=False, scale=scaling
+    )[:2]
+    return output, lse[..., : query.shape[2]].float()
+
+
+def merge(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the union of two disjoint key sets from (output, log-normaliser) of each:
+    fp32 output (…, d) and log-normaliser (…)."""
+    (first_output, first_lse), (second_output, second_lse) = first, second
+    lse = torch.logaddexp(first_lse, second_lse)
+    output = first_output.float() * (first_lse - lse).exp()[..., None]
+    output += second_output.float() * (second_lse - lse).exp()[..., None]
+    return output, lse
+
+
 def lower_right_causal_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output (B, H_q, q, d) and fp32 log-normalisers (B, H_q, q) of q queries over the last q of k keys."""
     queries, keys = query.shape[2], key.shape[2]
     if not _cudnn_usable(query, keys):
-        output, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-            query, key, value, 0.0, is_causal=True, return_debug_mask=False, scale=scaling
-        )[:2]
-        return output, lse[..., :queries]
+        return flash(query, key, value, True, scaling)
     past = keys - queries
-    own_output, own_lse = _cudnn(query, key[:, :, past:], value[:, :, past:], True, scaling)
+    own = _cudnn(query, key[:, :, past:], value[:, :, past:], True, scaling)
     if past == 0:
-        return own_output, own_lse
-    past_output, past_lse = _cudnn(query, key[:, :, :past], value[:, :, :past], False, scaling)
-    lse = torch.logaddexp(past_lse, own_lse)
-    output = past_output.float() * (past_lse - lse).exp()[..., None]
-    output += own_output.float() * (own_lse - lse).exp()[..., None]
+        return own
+    output, lse = merge(_cudnn(query, key[:, :, :past], value[:, :, :past], False, scaling), own)
     return output.to(query.dtype), lse

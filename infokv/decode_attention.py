@@ -35,11 +35,9 @@ def _prefix_part(
     """Output (B, H_kv, g, d) and fp32 log-normaliser (B, H_kv, g) over keys that are all valid."""
     batch, kv_heads, groups, dim = grouped.shape
     if causal_attention.available(query):
-        output, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-            query, key, value, 0.0, is_causal=False, return_debug_mask=False, scale=scaling
-        )[:2]
+        output, lse = causal_attention.flash(query, key, value, False, scaling)
         shape = (batch, kv_heads, groups)
-        return output.reshape(*shape, dim).float(), lse[..., :1].reshape(shape).float()
+        return output.reshape(*shape, dim), lse.reshape(shape)
     everything = torch.ones(batch, key.shape[2], dtype=torch.bool, device=key.device)
     return _masked_part(grouped, key, value, everything, scaling)
 
@@ -56,13 +54,9 @@ def prefix_and_recent_attention(
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    recent_output, recent_lse = _masked_part(
-        grouped, key[:, :, prefix:], value[:, :, prefix:], valid[:, prefix:], scaling
-    )
-    if prefix == 0:
-        return recent_output.to(query.dtype).reshape(batch, query_heads, 1, dim)
-    head_output, head_lse = _prefix_part(query, grouped, key[:, :, :prefix], value[:, :, :prefix], scaling)
-    lse = torch.logaddexp(head_lse, recent_lse)
-    output = head_output * (head_lse - lse).exp()[..., None]
-    output += recent_output * (recent_lse - lse).exp()[..., None]
+    recent = _masked_part(grouped, key[:, :, prefix:], value[:, :, prefix:], valid[:, prefix:], scaling)
+    output = recent[0]
+    if prefix > 0:
+        head = _prefix_part(query, grouped, key[:, :, :prefix], value[:, :, :prefix], scaling)
+        output = causal_attention.merge(head, recent)[0]
     return output.to(query.dtype).reshape(batch, query_heads, 1, dim)

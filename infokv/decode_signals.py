@@ -94,6 +94,11 @@ class DecodeTracker:
     def needs_attention(self) -> bool:
         return self.window > 0 or self.cumulative
 
+    @property
+    def collects(self) -> bool:
+        """Whether any per-step signal is collected."""
+        return bool(self.needs_attention or self.topks or self.evolution or self.query_statistics)
+
     def on_attention(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None
     ) -> None:

@@ -193,6 +193,7 @@ def decode(
         if tracker.query_statistics:
             hooks.enter_context(prerope_query_hooks(model, tracker.on_queries))
         done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+        graphs = cuda_graphs and replayable(model, tracker, compressions)
         graphed = None
         for generated in range(1, max_new_tokens + 1):
             token = sampler(logits)
@@ -205,7 +206,7 @@ def decode(
             done = done | finished
             if generated == max_new_tokens or bool(done.all()):
                 break
-            if cuda_graphs and replayable(model, tracker, compressions):
+            if graphs:
                 # Rows never leave the batch here: a finished row idles until every row is done.
                 if graphed is None or graphed.done == graphed.steps:
                     if graphed is not None:
@@ -253,7 +254,7 @@ def replayable(model: PreTrainedModel, tracker: DecodeTracker, compressions: Seq
     return (
         model.device.type == "cuda"
         and all(compression is None for compression in compressions)
-        and not (tracker.needs_attention or tracker.topks or tracker.evolution or tracker.query_statistics)
+        and not tracker.collects
     )
 
 

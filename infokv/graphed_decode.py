@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from infokv.cache import KVState, cache_argument_name
-from infokv.capture import output_logits
-from infokv.hooks import ForwardContext, forward_context
+from infokv.cache import KVState
+from infokv.capture import forward_hidden, output_logits
 
 
 class GraphedDecoder:
@@ -46,14 +45,7 @@ class GraphedDecoder:
             self._capture()
 
     def _forward(self) -> torch.Tensor:
-        base = self.model.base_model
-        with forward_context(self.model, ForwardContext(self.state)):
-            hidden = base(
-                input_ids=self.tokens,
-                position_ids=self.positions,
-                use_cache=True,
-                **{cache_argument_name(base): self.state.cache},
-            ).last_hidden_state
+        hidden = forward_hidden(self.model, self.state, self.tokens, self.positions)
         logits = self.to_logits(hidden[:, -1]).float()
         self.step.add_(1)
         self.positions.add_(1)
@@ -68,9 +60,7 @@ class GraphedDecoder:
         torch.cuda.current_stream().wait_stream(side)
         self.step.zero_()
         self.positions.sub_(1)
-        for index in range(self.state.num_layers):
-            fixed = self.state.cache.layers[index]._fixed
-            fixed.valid[:, fixed.length :] = False
+        self.state.rewind_fixed_steps()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.logits = self._forward()

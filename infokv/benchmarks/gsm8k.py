@@ -17,6 +17,7 @@ Ids are ``gsm8k-test-NNNN`` with ``NNNN`` the row of the hub's test split, the s
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,8 @@ def _offline(limit: int | None) -> list[Sample]:
 
 
 def _hub(limit: int | None) -> list[Sample]:
-    samples: list[Sample] = []
-    for where, row in hub_rows(HUB_DATASET, HUB_SPLIT, HUB_CONFIG, HUB_FIELDS):
-        samples.append(from_hub_row(row, len(samples), where))
-        if len(samples) == limit:
-            break
-    return samples
+    rows = islice(hub_rows(HUB_DATASET, HUB_SPLIT, HUB_CONFIG, HUB_FIELDS), limit)
+    return [from_hub_row(row, index, where) for index, (where, row) in enumerate(rows)]
 
 
 def _local(path: Path, limit: int | None) -> list[Sample]:

@@ -31,6 +31,7 @@ import gzip
 import json
 import re
 import textwrap
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,8 @@ def _offline(limit: int | None, timeout: float) -> list[Sample]:
 
 
 def _hub(limit: int | None, timeout: float) -> list[Sample]:
-    samples: list[Sample] = []
-    for where, row in hub_rows(HUB_DATASET, HUB_SPLIT, fields=FIELDS):
-        samples.append(from_row(row, where, timeout))
-        if len(samples) == limit:
-            break
-    return samples
+    rows = islice(hub_rows(HUB_DATASET, HUB_SPLIT, fields=FIELDS), limit)
+    return [from_row(row, where, timeout) for where, row in rows]
 
 
 def load(source: str = "auto", limit: int | None = None, timeout: float = 10.0) -> list[Sample]:

@@ -38,6 +38,7 @@ import base64
 import json
 import pickle
 import zlib
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +126,10 @@ def _hub(release: str, limit: int | None, timeout: float) -> list[Sample]:
 
     files = [f"hf://datasets/{HUB_DATASET}/{name}" for name in RELEASE_FILES[release]]
     rows = datasets.load_dataset("json", data_files=files, split="train")
-    samples: list[Sample] = []
-    for index, row in enumerate(rows):
-        samples.append(from_row(dict(row), f"{HUB_DATASET}[{release}]:row {index}", timeout))
-        if len(samples) == limit:
-            break
-    return samples
+    return [
+        from_row(dict(row), f"{HUB_DATASET}[{release}]:row {index}", timeout)
+        for index, row in enumerate(islice(rows, limit))
+    ]
 
 
 def load(

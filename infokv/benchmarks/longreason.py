@@ -28,6 +28,7 @@ from ``\\boxed{X}``, "the answer is (X)", or a reply that starts with the letter
 from __future__ import annotations
 
 import re
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +124,8 @@ def _hub_split(tokens: int) -> str:
 
 def _hub(tokens: int, limit: int | None) -> list[Sample]:
     split = _hub_split(tokens)
-    samples: list[Sample] = []
-    for where, row in hub_rows(HUB_DATASET, split, fields=HUB_FIELDS):
-        samples.append(from_hub_row(row, split, where))
-        if len(samples) == limit:
-            break
-    return samples
+    rows = islice(hub_rows(HUB_DATASET, split, fields=HUB_FIELDS), limit)
+    return [from_hub_row(row, split, where) for where, row in rows]
 
 
 def _local(path: Path, limit: int | None) -> list[Sample]:

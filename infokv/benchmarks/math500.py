@@ -17,6 +17,7 @@ Ids are ``math500-{i}`` with ``i`` the row of ``HuggingFaceH4/MATH-500``, the sa
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,8 @@ def from_hub_row(row: dict[str, Any], index: int, where: str) -> Sample:
 
 
 def _hub(limit: int | None) -> list[Sample]:
-    samples: list[Sample] = []
-    for where, row in hub_rows(HUB_DATASET, HUB_SPLIT, fields=FIELDS):
-        samples.append(from_hub_row(row, len(samples), where))
-        if len(samples) == limit:
-            break
-    return samples
+    rows = islice(hub_rows(HUB_DATASET, HUB_SPLIT, fields=FIELDS), limit)
+    return [from_hub_row(row, index, where) for index, (where, row) in enumerate(rows)]
 
 
 def _local(path: Path, limit: int | None) -> list[Sample]:

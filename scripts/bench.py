@@ -657,6 +657,11 @@ def target_lines(rows: list[Row], tokens: int = 32768) -> list[str]:
     return lines
 
 
+def _against_length(axis, ylabel: str, title: str) -> None:
+    """Log-log axes of a quantity against the prompt length."""
+    axis.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel=ylabel, title=title)
+
+
 def plot(rows: list[Row], path: Path) -> None:
     """Four panels: prefill latency vs length, ratio to full at 32K, decode tokens/s, memory."""
     import matplotlib
@@ -688,13 +693,7 @@ def plot(rows: list[Row], path: Path) -> None:
     floor = series("full", "prefill_compress_seconds", "0.2")
     if floor:
         axis.plot([p[0] for p in floor], [p[2] for p in floor], "k:", label="floor (FLOPs / matmul rate)")
-    axis.set(
-        xscale="log",
-        yscale="log",
-        xlabel="prompt tokens",
-        ylabel="seconds",
-        title="prefill + compression at 20% budget",
-    )
+    _against_length(axis, "seconds", "prefill + compression at 20% budget")
     axis.legend(fontsize=7)
 
     axis = axes[0, 1]
@@ -731,13 +730,7 @@ def plot(rows: list[Row], path: Path) -> None:
         axis.plot(
             [p[0] for p in full16], [p[2] for p in full16], "k:", label="full b16 floor (bytes / bandwidth)"
         )
-    axis.set(
-        xscale="log",
-        yscale="log",
-        xlabel="prompt tokens",
-        ylabel="tokens/s",
-        title="decode throughput at 20% budget (batch 1 solid, 16 dashed)",
-    )
+    _against_length(axis, "tokens/s", "decode throughput at 20% budget (batch 1 solid, 16 dashed)")
     axis.legend(fontsize=6, ncol=2)
 
     axis = axes[1, 1]

@@ -16,7 +16,18 @@ from infokv.signals.attention import reduce_heads, window_attention
 from infokv.signals.entropy import align_to_tokens
 
 
-class LayerView:
+class Memoised:
+    """Derived signals computed once per key (``self._memo``) and shared by the methods that use them."""
+
+    _memo: dict
+
+    def memoised(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+
+class LayerView(Memoised):
     """Signals of layer ``layer`` of a prefilled batch; every score tensor is (B, H_kv, T)."""
 
     def __init__(self, state: KVState, captured: Captured, layer: int, memo: dict) -> None:
@@ -26,11 +37,6 @@ class LayerView:
         self.valid = captured.valid
         self.scaling = captured.scaling
         self._memo = memo
-
-    def memoised(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
 
     def _missing(self, what: str) -> RuntimeError:
         return RuntimeError(f"{what} was not captured; the method must declare it in requirements()")
@@ -108,7 +114,7 @@ def rotation_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(cos) + sin[:, :, None] * swap[None]
 
 
-class DecodeLayerView:
+class DecodeLayerView(Memoised):
     """:class:`LayerView`'s interface over a decoding cache: every signal is per entry (R, H_kv, K)."""
 
     def __init__(
@@ -127,11 +133,6 @@ class DecodeLayerView:
         self._rotary = rotary
         self._next_positions = next_positions
         self._memo: dict = {}
-
-    def memoised(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
 
     def positions_score(self) -> torch.Tensor:
         return self.entries.positions.float()

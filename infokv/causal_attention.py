@@ -1,14 +1,15 @@
 """Causal attention of a prefill chunk on CUDA: the last q of k keys, with each query's log-normaliser.
 
-Query j of the chunk sits at key index p + j, p = k − q (lower-right causal). On an H200, cuDNN's
-attention kernel took 3.4 ms where PyTorch's flash-attention 2 kernel took 5.8 ms (4096 queries,
-32K keys, Llama-3.1-8B heads), but its causal mask is aligned to the upper left when q < k. So the
+Query j of the chunk sits at key index p + j, p = k − q (lower-right causal). On Hopper, cuDNN's
+attention kernel is markedly faster than PyTorch's flash-attention 2 kernel (it is what took the
+full-cache prefill in ``results/bench/gpu.csv`` from 1.78 s to 1.49 s at 32K tokens), but its causal
+mask is aligned to the upper left when q < k. So the
 chunk is attended in two exact parts, the p earlier keys (no mask) and its own q keys (square
 causal), and merged by their log-normalisers:
 
     lse = log(e^{l₁} + e^{l₂}),    o = (e^{l₁ − lse} · o₁ + e^{l₂ − lse} · o₂)
 
-cuDNN builds an execution plan for every new shape (60–140 ms at the first call, measured), so it
+cuDNN builds an execution plan for every new shape (tens to hundreds of milliseconds), so it
 is used only where q and p lie on a grid of :data:`CUDNN_GRID` tokens: the full chunks of a chunked
 prefill, whose shapes recur from prompt to prompt, so each plan is built once per process. Other
 shapes (a prompt's last, partial chunk) take the flash-attention 2 kernel, which is lower-right

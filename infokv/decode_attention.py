@@ -2,8 +2,8 @@
 
 The cache holds p entries that are all valid, then the slots of the captured steps, valid once
 written. A mask over the whole width would send every step to a masked kernel that reads the p
-entries without splitting them across thread blocks (at 32K entries, batch 1, half the speed of an
-unmasked kernel). So the prefix is attended without a mask and the few recent slots with one, and
+entries without splitting them across thread blocks, far slower than an unmasked kernel at long
+prefixes and small batches. So the prefix is attended without a mask and the few recent slots with one, and
 the two parts are merged by their log-normalisers:
 
     lse = log(e^{l₁} + e^{l₂}),    o = e^{l₁ − lse} · o₁ + e^{l₂ − lse} · o₂

@@ -1,7 +1,7 @@
 """Decoding steps of a fixed batch, captured once as a CUDA graph and replayed.
 
-A decoding step of an 8B model launches about 1500 small kernels; launched one by one from Python
-they take about 20 ms of host time, while the GPU work over a compressed cache takes about 7 ms. Here
+A decoding step of an 8B model launches over a thousand small kernels; launched one by one from
+Python they take longer on the host than the GPU needs to run them over a compressed cache. Here
 the cache is switched to fixed-shape appends (:meth:`infokv.cache.KVState.fix_shapes`): step s writes
 slot ``length + s`` and attention sees the whole buffer under a validity mask, so every kernel of the
 step has fixed shapes and reads its varying inputs (token, position, step) from device tensors. The

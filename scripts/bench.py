@@ -53,8 +53,9 @@ Measured matmul 761-791 TFLOP/s, copy 4.24-4.28 TB/s. At 32K tokens, 20% budget:
 * infokv's signals add 0.06× the full KV bytes to the prefill's peak (target ≤ 0.25: met);
   KV bytes after compression 0.20× (target ≤ 0.25: met).
 * decode, replaying a captured CUDA graph per step (:mod:`infokv.graphed_decode`): full 97
-  tokens/s at batch 1 (was 41 eager) and 598 at batch 16 (floor 818); 20% caches 106 and 1190-1199
-  tokens/s: 1.99× full at batch 16 (target ≥ 1.5: met; eager steps gave 0.77-1.25×).
+  tokens/s at batch 1 (48 with eager steps, earlier committed run) and 598 at batch 16 (floor 818;
+  664 eager: the whole-cache graph step is slower there); 20% caches 106 and 1190-1199 tokens/s:
+  1.99× full at batch 16 (target ≥ 1.5: met; eager steps gave 0.77-1.25×).
 * sweep of 7 methods × 2 budgets, 64 new tokens: 2.60× one full prefill + decode (target ≤ 1.5:
   missed). The full run's decode got 2.4× faster with graphs, the sweep's much less: its 13 rows
   are padded to the full row's 32K entries and, having filler, attend the whole width under a mask

@@ -83,6 +83,41 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
 
 
+@dataclass(frozen=True)
+class ValidPrefix:
+    """How a fixed-shape layer's first ``length`` entries can be attended without a mask: the rows of
+    each group (a contiguous slice) see entries ``start`` … ``length − 1``, all valid, and no earlier one."""
+
+    length: int
+    groups: tuple[tuple[slice, int], ...]
+
+
+MAX_PREFIX_GROUPS = 16
+"""Beyond this many row groups a layer is attended over its whole width under a mask instead."""
+
+
+def valid_prefix(valid: torch.Tensor | None, batch: int, length: int) -> ValidPrefix | None:
+    """The :class:`ValidPrefix` of entries with validity ``valid`` (B, length) (None: all valid), or None
+    when a row's valid entries are not one run ending at ``length`` (a hole), a row has none, or the
+    runs start at more than :data:`MAX_PREFIX_GROUPS` places. Left padding and the front filler of
+    compressed rows (:func:`infokv.selection.combine_groups`) leave one such run per row, and rows of
+    equal budget start theirs at the same entry."""
+    if valid is None:
+        return ValidPrefix(length, ((slice(0, batch), 0),))
+    starts = length - valid.sum(dim=-1)
+    index = torch.arange(length, device=valid.device)
+    one_run = torch.equal(valid, index[None, :] >= starts[:, None])
+    starts = starts.tolist()
+    if not one_run or max(starts) >= length:
+        return None
+    groups, first = [], 0
+    for row in range(1, batch + 1):
+        if row == batch or starts[row] != starts[first]:
+            groups.append((slice(first, row), starts[first]))
+            first = row
+    return ValidPrefix(length, tuple(groups)) if len(groups) <= MAX_PREFIX_GROUPS else None
+
+
 @dataclass
 class FixedWrite:
     """Fixed-shape appends for one layer: the step's entry goes to slot ``length + step`` (``step`` a device
@@ -93,8 +128,8 @@ class FixedWrite:
     step: torch.Tensor
     valid: torch.Tensor
     """(R, length + steps): the entries attention may see, growing by one slot per step."""
-    dense_prefix: bool = False
-    """Whether the first ``length`` entries are all valid (no padding or filler)."""
+    prefix: ValidPrefix | None = None
+    """How the first ``length`` entries can be attended without a mask, if they can."""
 
     def write(
         self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
@@ -113,16 +148,38 @@ def growth_capacity(entries: int) -> int:
     return entries + max(256, entries // 8)
 
 
-COPY_BLOCK_BYTES = 4 << 20
-"""Rows are copied into a new cache in blocks of about this size: a block-sized temporary is reused from
-the heap, while one temporary of the whole layer would be fresh memory, paid for in page faults."""
-
-
 def new_cache() -> DynamicCache:
     """An empty cache whose layers are :class:`GrowingLayer`."""
     cache = DynamicCache()
     cache.layer_class_to_replicate = GrowingLayer
     return cache
+
+
+def _entry_rows(states: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """``states`` (B, H, T, d) as a (N, d) view of the same memory, and the row strides of its batch and
+    head dimensions: entry (b, h, t) is row ``b · batch_stride + h · head_stride + t``. A view of a
+    :class:`GrowingLayer` buffer qualifies as it is; anything else is made contiguous first."""
+    dim = states.shape[-1]
+    strides = states.stride()
+    if strides[-1] != 1 or strides[-2] != dim or strides[0] % dim or strides[1] % dim:
+        states = states.contiguous()
+        strides = states.stride()
+    last = sum((size - 1) * stride for size, stride in zip(states.shape[:3], strides[:3], strict=True))
+    return states.as_strided((last // dim + 1, dim), (dim, 1)), strides[0] // dim, strides[1] // dim
+
+
+def _gather_into_buffer(
+    states: torch.Tensor, rows: torch.Tensor, entries: torch.Tensor, capacity: int
+) -> torch.Tensor:
+    """A (R, H, capacity, d) buffer whose first K slots of row r, head h hold entries ``entries[r, h]``
+    (R, H, K) of source row ``rows[r]``; the spare slots hold copies of some entry (later steps
+    overwrite them). One row-copying kernel, straight into the buffer: no temporary of the layer."""
+    flat, batch_stride, head_stride = _entry_rows(states)
+    heads = states.shape[1]
+    index = entries.new_zeros(len(rows), heads, capacity)
+    head_rows = torch.arange(heads, device=entries.device)[None, :, None] * head_stride
+    index[:, :, : entries.shape[-1]] = rows[:, None, None] * batch_stride + head_rows + entries
+    return flat.index_select(0, index.reshape(-1)).view(len(rows), heads, capacity, states.shape[-1])
 
 
 def _copy_layer(
@@ -136,25 +193,12 @@ def _copy_layer(
     """Make layer ``index`` of ``cache`` hold, for each new row r, source row ``rows[r]`` of the
     ``keys``/``values`` restricted to ``entries[r, h]`` per KV head (all entries when None), in buffers
     with room to grow, so the first decoding step appends instead of copying the layer again."""
-    heads, dim = keys.shape[1], keys.shape[-1]
-    length = keys.shape[2] if entries is None else entries.shape[-1]
+    if entries is None:
+        entries = torch.arange(keys.shape[2], device=keys.device).expand(len(rows), keys.shape[1], -1)
+    length = entries.shape[-1]
     capacity = growth_capacity(length)
-    key_buffer = keys.new_empty(len(rows), heads, capacity, dim)
-    value_buffer = values.new_empty(len(rows), heads, capacity, values.shape[-1])
-    row_bytes = heads * length * (dim + values.shape[-1]) * keys.element_size()
-    block = max(1, COPY_BLOCK_BYTES // max(1, row_bytes))
-    head_index = torch.arange(heads, device=keys.device)[None, :, None]
-    for start in range(0, len(rows), block):
-        stop = min(len(rows), start + block)
-        source = rows[start:stop]
-        if entries is None:
-            key_buffer[start:stop, :, :length] = keys[source]
-            value_buffer[start:stop, :, :length] = values[source]
-        else:
-            # One indexing kernel per tensor: no copy of whole source rows.
-            picked = (source[:, None, None], head_index, entries[start:stop])
-            key_buffer[start:stop, :, :length] = keys[picked]
-            value_buffer[start:stop, :, :length] = values[picked]
+    key_buffer = _gather_into_buffer(keys, rows, entries, capacity)
+    value_buffer = _gather_into_buffer(values, rows, entries, capacity)
     cache.update(keys[:1, :, :0], values[:1, :, :0], index)
     cache.layers[index].adopt(key_buffer, value_buffer, length)
 
@@ -209,13 +253,13 @@ class KVState:
         This state is left unchanged, so one full cache can be compressed many ways.
         """
         cache = new_cache()
-        new_valid: list[torch.Tensor | None] = []
         for index in range(self.num_layers):
             keys, values = self.layer(index)
             _copy_layer(cache, index, keys, values, rows.to(keys.device), keep[index].to(keys.device))
-            layer_valid = valid[index].to(keys.device)
-            new_valid.append(None if bool(layer_valid.all()) else layer_valid)
-        return KVState(cache, new_valid)
+        valid = [layer_valid.to(self.layer(index)[0].device) for index, layer_valid in enumerate(valid)]
+        # One read of every layer's "all valid" flag: a read per layer would wait for the device each time.
+        dense = torch.stack([layer_valid.all() for layer_valid in valid]).tolist()
+        return KVState(cache, [None if whole else v for whole, v in zip(dense, valid, strict=True)])
 
     def select_rows(self, rows: torch.Tensor) -> KVState:
         """A new state holding only batch rows ``rows`` (1-D index tensor)."""
@@ -239,7 +283,8 @@ class KVState:
             layer._value_buffer[:, :, length:width].zero_()
             valid = torch.zeros(batch, width, dtype=torch.bool, device=keys.device)
             valid[:, :length] = self.valid_mask(index)
-            layer._fixed = FixedWrite(length, step, valid, self.valid[index] is None)
+            prefix = valid_prefix(self.valid[index], batch, length)
+            layer._fixed = FixedWrite(length, step, valid, prefix)
             self.valid[index] = valid
 
     def _fixed_write(self, index: int) -> FixedWrite | None:
@@ -252,10 +297,11 @@ class KVState:
             fixed = self._fixed_write(index)
             fixed.valid[:, fixed.length :] = False
 
-    def dense_prefix(self, index: int) -> int | None:
-        """In fixed-shape mode, the length of layer ``index``'s leading run of valid entries, else None."""
+    def valid_prefix(self, index: int) -> ValidPrefix | None:
+        """In fixed-shape mode, how layer ``index``'s entries before the steps' slots can be attended
+        without a mask (:class:`ValidPrefix`); None otherwise, or when they cannot."""
         fixed = self._fixed_write(index)
-        return fixed.length if fixed is not None and fixed.dense_prefix else None
+        return fixed.prefix if fixed is not None else None
 
     def unfix_shapes(self, steps: int) -> None:
         """Back to growing appends after ``steps`` fixed-shape steps."""

@@ -8,6 +8,7 @@ signals are recomputed from captured queries inside our attention function.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -95,6 +96,11 @@ class Captured:
     def lengths(self) -> torch.Tensor:
         return self.valid.sum(dim=-1)
 
+    @functools.cached_property
+    def padded(self) -> bool:
+        """Whether any row has padding (read once: on a GPU, reading it waits for the device)."""
+        return not bool(self.valid.all())
+
 
 class Capturer:
     """Callbacks that fill a :class:`Captured` during a chunked prefill."""
@@ -171,10 +177,12 @@ class Capturer:
             entropy[:, start:stop] = chunked_entropy(final_hidden, to_logits, topk).to(entropy.device)
 
 
-EVOLUTION_BUFFER_BYTES = 512 << 20
+EVOLUTION_BUFFER_BYTES = 1 << 30
 """Representation evolution keeps every layer's residual stream of a chunk until the last layer has run
-(L × chunk × hidden values); prefill chunks shrink so that this buffer stays within 512 MiB (2048
-tokens of Llama-3.1-8B in bf16, an eighth of its 32K-token KV cache)."""
+(L × chunk × hidden values); prefill chunks shrink so that this buffer stays within 1 GiB: 4096
+tokens of Llama-3.1-8B in bf16 (the default chunk, so InfoKV prefills in the same chunks as the other
+methods there), a quarter of its 32K-token KV cache. Half of it would mean 2048-token chunks, whose
+smaller kernels make InfoKV's prefill measurably slower."""
 
 
 def evolution_chunk(model: PreTrainedModel, batch: int, chunk: int) -> int:

@@ -1,10 +1,12 @@
 """One decoding query per row over a fixed-shape cache (:class:`infokv.cache.FixedWrite`).
 
-The cache holds p entries that are all valid, then the slots of the captured steps, valid once
-written. A mask over the whole width would send every step to a masked kernel that reads the p
-entries without splitting them across thread blocks, far slower than an unmasked kernel at long
-prefixes and small batches. So the prefix is attended without a mask and the few recent slots with one, and
-the two parts are merged by their log-normalisers:
+The cache holds p entries, then the slots of the captured steps, valid once written. A mask over
+the whole width would send every step to a masked kernel that reads all p entries of every row
+without splitting them across thread blocks, far slower than an unmasked kernel at long prefixes
+and small batches, and in a sweep, whose narrow rows are filled up to the widest, it reads the
+filler too. So each group of rows whose valid entries form one run from the same start
+(:class:`infokv.cache.ValidPrefix`) attends that run without a mask, the few recent slots are
+attended with one, and the parts are merged by their log-normalisers:
 
     lse = log(e^{l₁} + e^{l₂}),    o = e^{l₁ − lse} · o₁ + e^{l₂ − lse} · o₂
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from infokv import causal_attention
+from infokv.cache import ValidPrefix
 
 
 def _masked_part(
@@ -47,16 +50,22 @@ def prefix_and_recent_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     valid: torch.Tensor,
-    prefix: int,
+    prefix: ValidPrefix,
     scaling: float,
 ) -> torch.Tensor:
-    """Attention (B, H_q, 1, d) of one query per row over keys whose first ``prefix`` entries are valid."""
+    """Attention (B, H_q, 1, d) of one query per row: each row group of ``prefix`` over its valid run of
+    the first ``prefix.length`` entries, unmasked, and every row over the later slots under ``valid``."""
     batch, query_heads, _, dim = query.shape
-    kv_heads = key.shape[1]
+    kv_heads, length = key.shape[1], prefix.length
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    recent = _masked_part(grouped, key[:, :, prefix:], value[:, :, prefix:], valid[:, prefix:], scaling)
-    output = recent[0]
-    if prefix > 0:
-        head = _prefix_part(query, grouped, key[:, :, :prefix], value[:, :, :prefix], scaling)
-        output = causal_attention.merge(head, recent)[0]
+    recent = _masked_part(grouped, key[:, :, length:], value[:, :, length:], valid[:, length:], scaling)
+    parts = []
+    for rows, start in prefix.groups:
+        keys, values = key[rows, :, start:length], value[rows, :, start:length]
+        parts.append(_prefix_part(query[rows], grouped[rows], keys, values, scaling))
+    if len(parts) == 1:
+        head = parts[0]
+    else:
+        head = (torch.cat([output for output, _ in parts]), torch.cat([lse for _, lse in parts]))
+    output = causal_attention.merge(head, recent)[0]
     return output.to(query.dtype).reshape(batch, query_heads, 1, dim)

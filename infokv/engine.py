@@ -165,15 +165,19 @@ def left_pad(
     return ids.to(device), valid.to(device)
 
 
-def select_layer(view: LayerView, setting: Setting, keep: torch.Tensor) -> Selection:
-    """The kept entries of one layer for one setting."""
+def select_layer(view: LayerView, setting: Setting, keep: torch.Tensor, width: int) -> Selection:
+    """The kept entries of one layer for one setting: ``keep`` (B,) per row, at most ``width``."""
     method = setting.method
 
     def ranking() -> torch.Tensor:
-        return rank(method.score(view), view.valid, forced_mask(view.valid, method.sink, method.window))
+        forced = view.across_layers(
+            ("forced", method.sink, method.window),
+            lambda: forced_mask(view.valid, method.sink, method.window),
+        )
+        return rank(method.score(view), view.valid, forced)
 
     # Scores do not depend on the budget: one ranking serves every budget of a method.
-    return take_top(view.memoised(("ranking", method), ranking), keep)
+    return take_top(view.memoised(("ranking", method), ranking), keep, width)
 
 
 def compress_settings(
@@ -181,13 +185,21 @@ def compress_settings(
 ) -> tuple[KVState, list[list[Selection]]]:
     """Compress the full cache once per setting; rows of the result are setting-major (r = c·B + b)."""
     layers = state.num_layers
-    lengths = captured.lengths
-    keeps = [setting.method.keep_counts(setting.budget, lengths, layers) for setting in settings]
+    # Keep counts are computed on the host and sent to the device in one copy: reading a selection's
+    # width from device counts, or copying counts one at a time, would each wait for the device's queue.
+    lengths = captured.lengths.cpu()
+    keeps = torch.stack(
+        [torch.stack(setting.method.keep_counts(setting.budget, lengths, layers)) for setting in settings]
+    )
+    widths = keeps.amax(dim=-1).tolist()
+    device_keeps = keeps.to(captured.valid.device)
     per_setting: list[list[Selection]] = [[] for _ in settings]
+    shared: dict = {}
     for layer in range(layers):
-        view = LayerView(state, captured, layer, memo={})
+        view = LayerView(state, captured, layer, memo={}, shared=shared)
         for index, setting in enumerate(settings):
-            per_setting[index].append(select_layer(view, setting, keeps[index][layer].to(lengths.device)))
+            selection = select_layer(view, setting, device_keeps[index, layer], widths[index][layer])
+            per_setting[index].append(selection)
     combined_indices, combined_valid = combine_groups(per_setting)
     batch = captured.valid.shape[0]
     rows = torch.arange(batch, device=captured.valid.device).repeat(len(settings))
@@ -346,7 +358,7 @@ def _run_batch(
     clock = time.perf_counter()
     state, captured, last_logits = prefill(model, input_ids, valid, prefill_needs, prefill_chunk)
     prefill_seconds = time.perf_counter() - clock
-    order = widest_first(settings, captured.lengths, state.num_layers)
+    order = widest_first(settings, captured.lengths.cpu(), state.num_layers)
     settings = [settings[index] for index in order]
     clock = time.perf_counter()
     with torch.inference_mode():

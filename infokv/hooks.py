@@ -197,7 +197,7 @@ def infokv_attention(
     trivial_mask = valid is None and (queries == 1 or queries == keys)
     if trivial_mask and context.backend == "flash_attention_2":
         return _flash_attention(module, query, key, value, scaling, context.backend, **kwargs), None
-    prefix = context.state.dense_prefix(layer) if queries == 1 else None
+    prefix = context.state.valid_prefix(layer) if queries == 1 else None
     if prefix is not None:  # a fixed-shape (CUDA-graph) decoding step
         output = decode_attention.prefix_and_recent_attention(query, key, value, valid, prefix, scaling)
     elif queries == 1 and not (trivial_mask and query.is_cuda):

@@ -16,27 +16,41 @@ from infokv.signals.attention import reduce_heads, window_attention
 from infokv.signals.entropy import align_to_tokens
 
 
+def _computed_once(store: dict, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    if key not in store:
+        store[key] = compute()
+    return store[key]
+
+
 class Memoised:
     """Derived signals computed once per key (``self._memo``) and shared by the methods that use them."""
 
     _memo: dict
 
     def memoised(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
+        return _computed_once(self._memo, key, compute)
 
 
 class LayerView(Memoised):
-    """Signals of layer ``layer`` of a prefilled batch; every score tensor is (B, H_kv, T)."""
+    """Signals of layer ``layer`` of a prefilled batch; every score tensor is (B, H_kv, T).
 
-    def __init__(self, state: KVState, captured: Captured, layer: int, memo: dict) -> None:
+    ``memo`` holds what is derived for this layer; ``shared`` (if given) what is the same for every
+    layer (aligned entropy, forced masks), so views of all layers can compute it once."""
+
+    def __init__(
+        self, state: KVState, captured: Captured, layer: int, memo: dict, shared: dict | None = None
+    ) -> None:
         self.layer = layer
         self.keys, self.values = state.layer(layer)
         self.captured = captured
         self.valid = captured.valid
         self.scaling = captured.scaling
         self._memo = memo
+        self._shared = {} if shared is None else shared
+
+    def across_layers(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()`` once for every view sharing this one's ``shared`` store."""
+        return _computed_once(self._shared, key, compute)
 
     def _missing(self, what: str) -> RuntimeError:
         return RuntimeError(f"{what} was not captured; the method must declare it in requirements()")
@@ -70,7 +84,7 @@ class LayerView(Memoised):
         """H_i (B, T) restricted to the top ``topk`` tokens, aligned by ``position``."""
         if topk not in self.captured.next_entropy:
             raise self._missing(f"entropy (top-{topk})")
-        return self.memoised(
+        return self.across_layers(
             ("entropy", topk, position),
             lambda: align_to_tokens(self.captured.next_entropy[topk], self._valid_or_none(), position),
         )
@@ -98,10 +112,10 @@ class LayerView(Memoised):
             cos, sin = self.captured.rotary(future)
             return rotation_matrix(cos.mean(dim=1), sin.mean(dim=1))
 
-        return self.memoised(("rotation", positions), compute)
+        return self.across_layers(("rotation", positions), compute)
 
     def _valid_or_none(self) -> torch.Tensor | None:
-        return None if bool(self.valid.all()) else self.valid
+        return self.valid if self.captured.padded else None
 
 
 def rotation_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

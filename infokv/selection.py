@@ -42,24 +42,24 @@ def rank(scores: torch.Tensor, valid: torch.Tensor, forced: torch.Tensor) -> tor
     return ranked.sort(dim=-1, descending=True, stable=True).indices
 
 
-def take_top(ranking: torch.Tensor, keep: torch.Tensor) -> Selection:
-    """The first ``keep[b]`` entries of each (row b, head) ``ranking``, in ascending position order."""
+def take_top(ranking: torch.Tensor, keep: torch.Tensor, width: int) -> Selection:
+    """The first ``keep[b]`` entries of each (row b, head) ``ranking``, in ascending position order;
+    ``width`` = max_b keep[b], passed in so that it is not read back from the device."""
     batch, heads, _ = ranking.shape
-    width = int(keep.max())
     top = ranking[..., :width]
     slot = torch.arange(width, device=ranking.device)
-    is_kept = slot[None, :] < keep[:, None].to(ranking.device)
+    is_kept = slot[None, :] < keep[:, None]
     # Filler slots sort before every real index and are masked out.
     order_key = torch.where(is_kept[:, None, :], top, -1 - slot[None, None, :].expand(batch, heads, width))
     order = order_key.argsort(dim=-1)
     indices = torch.where(is_kept[:, None, :], top, torch.zeros_like(top)).gather(-1, order)
-    fill = width - keep.to(ranking.device)
+    fill = width - keep
     return Selection(indices, slot[None, :] >= fill[:, None])
 
 
 def select(scores: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor) -> Selection:
     """Keep ``keep[b]`` entries per (row b, head) by score; ``forced`` is (B, T) or per head (B, H, T)."""
-    return take_top(rank(scores, valid, forced), keep)
+    return take_top(rank(scores, valid, forced), keep, int(keep.max()))
 
 
 def _front_fill(selection: Selection, width: int) -> Selection:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from infokv import decoding, generate, generate_sweep
+from infokv.cache import MAX_PREFIX_GROUPS, ValidPrefix, valid_prefix
 from infokv.capture import prefill
 from infokv.engine import forward_tokens, left_pad
 from infokv.graphed_decode import GraphedDecoder
@@ -19,12 +20,21 @@ def prefilled(model, tokenizer, prompts):
     return state, captured.lengths, logits
 
 
-@pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[:1] * 2], ids=["padded", "dense"])
-def test_fixed_shape_steps_match_growing_steps(model, tokenizer, prompts):
-    """Padded rows attend the whole width under a mask; dense rows attend their prefix unmasked."""
+@pytest.mark.parametrize("layout", ["padded", "dense", "hole"])
+def test_fixed_shape_steps_match_growing_steps(model, tokenizer, layout):
+    """Dense and left-padded rows attend their valid run unmasked, in groups of equal start; a cache with
+    a hole in a row is attended over its whole width under a mask."""
+    prompts = PROMPTS[:1] * 2 if layout == "dense" else PROMPTS
     growing, positions, logits = prefilled(model, tokenizer, prompts)
+    if layout == "hole":
+        growing.valid = [growing.valid_mask(layer).clone() for layer in range(growing.num_layers)]
+        for valid in growing.valid:
+            valid[0, 3] = False
     fixed_state = growing.select_rows(torch.arange(len(prompts)))
     decoder = GraphedDecoder(model, fixed_state, positions, steps=7, capture=False)
+    groups = {"padded": 2, "dense": 1, "hole": None}[layout]
+    prefix = fixed_state.valid_prefix(0)
+    assert (prefix and len(prefix.groups)) == groups
     token = logits.argmax(-1)
     with torch.inference_mode():
         for step in range(7):
@@ -64,3 +74,18 @@ def test_cuda_graphs_false_keeps_the_eager_loop(llama, tokenizer, monkeypatch):
     monkeypatch.setattr(decoding, "GraphedDecoder", refuse)
     completions = generate(llama, tokenizer, PROMPTS, "snapkv", 0.5, max_new_tokens=8, cuda_graphs=False)
     assert all(len(c.stats["kept_tokens"]) == llama.config.num_hidden_layers for c in completions)
+
+
+def test_valid_prefix_groups_rows_by_the_start_of_their_valid_run():
+    def run(starts, length=6):
+        return torch.arange(length)[None, :] >= torch.tensor(starts)[:, None]
+
+    assert valid_prefix(None, 3, 6) == ValidPrefix(6, ((slice(0, 3), 0),))
+    prefix = valid_prefix(run([0, 2, 2, 5]), 4, 6)
+    assert prefix == ValidPrefix(6, ((slice(0, 1), 0), (slice(1, 3), 2), (slice(3, 4), 5)))
+    holed = run([0, 2])
+    holed[0, 3] = False
+    assert valid_prefix(holed, 2, 6) is None
+    assert valid_prefix(run([0, 6]), 2, 6) is None  # a row with no valid entry
+    many = run(list(range(MAX_PREFIX_GROUPS + 1)), MAX_PREFIX_GROUPS + 2)
+    assert valid_prefix(many, MAX_PREFIX_GROUPS + 1, MAX_PREFIX_GROUPS + 2) is None

@@ -105,7 +105,9 @@ class Captured:
 class Capturer:
     """Callbacks that fill a :class:`Captured` during a chunked prefill."""
 
-    def __init__(self, captured: Captured, requirements: set[Requirement], layers: int) -> None:
+    def __init__(
+        self, captured: Captured, requirements: set[Requirement], layers: int, entropy_rows: int = 512
+    ) -> None:
         self.captured = captured
         self.layers = layers
         kinds = {requirement[0] for requirement in requirements}
@@ -119,6 +121,8 @@ class Capturer:
         self.query_statistics = signals.QUERY_STATISTICS in kinds
         self.chunk_valid: torch.Tensor | None = None
         self.layer_outputs: dict[int, torch.Tensor] = {}
+        self.entropy_rows = entropy_rows
+        """Positions whose logits exist at once (see :func:`entropy_rows`)."""
 
     @property
     def needs_attention(self) -> bool:
@@ -174,7 +178,8 @@ class Capturer:
             entropy = self.captured.next_entropy.setdefault(
                 topk, torch.zeros(batch, total, device=self.captured.valid.device)
             )
-            entropy[:, start:stop] = chunked_entropy(final_hidden, to_logits, topk).to(entropy.device)
+            rows = self.entropy_rows
+            entropy[:, start:stop] = chunked_entropy(final_hidden, to_logits, topk, rows).to(entropy.device)
 
 
 EVOLUTION_BUFFER_BYTES = 1 << 30
@@ -183,6 +188,18 @@ EVOLUTION_BUFFER_BYTES = 1 << 30
 tokens of Llama-3.1-8B in bf16 (the default chunk, so InfoKV prefills in the same chunks as the other
 methods there), a quarter of its 32K-token KV cache. Half of it would mean 2048-token chunks, whose
 smaller kernels make InfoKV's prefill measurably slower."""
+
+
+ENTROPY_LOGITS_BYTES = 512 << 20
+"""Entropy's logits are computed for as many positions at a time as fit in 512 MiB (2093 positions of
+Llama-3.1-8B's 128K vocabulary in bf16): fewer, larger top-k calls are faster. They exist only after
+the chunk's evolution buffer is freed, so they do not raise the prefill's peak where that is larger."""
+
+
+def entropy_rows(model: PreTrainedModel) -> int:
+    """Positions per logits block of the entropy signal (:data:`ENTROPY_LOGITS_BYTES`)."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return max(1, ENTROPY_LOGITS_BYTES // (vocab * model.dtype.itemsize))
 
 
 def evolution_chunk(model: PreTrainedModel, batch: int, chunk: int) -> int:
@@ -208,7 +225,7 @@ def prefill(
     layers = len(decoder_layers(model))
     captured = Captured(valid=valid, positions=positions, scaling=attention_scaling(model))
     captured.rotary = rotary_function(model)
-    capturer = Capturer(captured, requirements, layers)
+    capturer = Capturer(captured, requirements, layers, entropy_rows(model))
     if capturer.evolution:
         chunk = evolution_chunk(model, input_ids.shape[0], chunk)
     state = KVState.empty(model)

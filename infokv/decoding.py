@@ -194,6 +194,8 @@ def decode(
             hooks.enter_context(prerope_query_hooks(model, tracker.on_queries))
         done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
         graphs = cuda_graphs and replayable(model, tracker, compressions)
+        # Entries are tracked (positions, signals, per-step counts) only for decoding compression.
+        tracked = tracking(tracker, compressions)
         graphed = None
         for generated in range(1, max_new_tokens + 1):
             token = sampler(logits)
@@ -222,18 +224,21 @@ def decode(
                 token, logits, done = token[keep], logits[keep], done[keep]
                 batch.keep_rows(keep)
                 tracker.layers = batch.layers
-            producing = sampler.distribution(logits)
+            producing = sampler.distribution(logits) if tracked else None
             hidden = forward_hidden(
                 model, batch.state, token[:, None], batch.positions[:, None], None, on_attention
             )
             logits = to_logits(hidden[:, -1]).float()
-            tracker.append(batch.positions, producing, logits)
+            if tracked:
+                tracker.append(batch.positions, producing, logits)
             batch.positions = batch.positions + 1
-            _record_entries(batch, stats, done)
-            _maybe_compress(batch, tracker, compressions, generated, stats, rotary, done)
+            if tracked:
+                _record_entries(batch, stats, done)
+                _maybe_compress(batch, tracker, compressions, generated, stats, rotary, done)
     if graphed is not None:
         batch.state = graphed.release()
-        for row in batch.active:  # every token but the last was fed, and nothing was evicted
+    if not tracked:
+        for row in range(rows):  # every token but the last was fed, and nothing was evicted
             stats[row].final_entries += len(tokens[row]) - 1
             stats[row].peak_entries = stats[row].final_entries
     elapsed = time.perf_counter() - start_clock
@@ -248,14 +253,14 @@ GRAPH_STEPS = 256
 and a new capture (about two steps' host time) follows every GRAPH_STEPS steps."""
 
 
+def tracking(tracker: DecodeTracker, compressions: Sequence) -> bool:
+    """Whether steps must track cache entries: some rows compress while decoding, or signals are collected."""
+    return tracker.collects or any(compression is not None for compression in compressions)
+
+
 def replayable(model: PreTrainedModel, tracker: DecodeTracker, compressions: Sequence) -> bool:
-    """Whether steps can replay a captured CUDA graph: on CUDA, with no decoding compression and no
-    per-step signals to collect."""
-    return (
-        model.device.type == "cuda"
-        and all(compression is None for compression in compressions)
-        and not tracker.collects
-    )
+    """Whether steps can replay a captured CUDA graph: on CUDA, with no entries to track."""
+    return model.device.type == "cuda" and not tracking(tracker, compressions)
 
 
 def _record_entries(batch: DecodeBatch, stats: list[RowStats], done: torch.Tensor | None = None) -> None:

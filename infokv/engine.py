@@ -365,9 +365,11 @@ def _run_batch(
         rows_state, selections = compress_settings(state, captured, settings)
         copies = len(settings)
         rows = torch.arange(len(batch), device=device).repeat(copies)
-        indices = combine_groups(selections)[0]
-        query_heads = model.config.get_text_config(decoder=True).num_attention_heads
-        layers = entries_from_prefill(captured, rows, indices, decode_needs, query_heads)
+        layers = []
+        if any(setting.decode is not None for setting in settings) or decode_needs:
+            indices = combine_groups(selections)[0]
+            query_heads = model.config.get_text_config(decoder=True).num_attention_heads
+            layers = entries_from_prefill(captured, rows, indices, decode_needs, query_heads)
     del state
     compress_seconds = time.perf_counter() - clock
     positions = captured.lengths.repeat(copies)

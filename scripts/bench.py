@@ -32,34 +32,36 @@ the figure ``--figure``; ``--plot-only CSV...`` redraws the figure from CSVs of 
 
 Results committed (H200, torch 2.11, transformers 5.17, sdpa; results/bench/gpu.csv and
 results/figures/bench_gpu.png). The device time of one session did not fit every part in one call,
-so the CSV joins calls of this script: everything at 32K from one call (``--parts ceilings prefill
-decode kvpress sweep --lengths 32768 --kvpress-lengths 32768``); full, snapkv, infokv and h2o at 8K
-and 64K from a second (``--parts ceilings prefill decode --lengths 8192 65536 --methods full snapkv
-infokv h2o --repeats 2``); kvpress at 8K/64K and the decoding scenario from an earlier session's
-call (``--parts ceilings kvpress sweep scenario --repeats 2``: kvpress runs in its own process and
-environment; the scenario compresses while decoding, a path these changes did not touch).
-Measured matmul 761-791 TFLOP/s, copy 4.24-4.28 TB/s. At 32K tokens, 20% budget:
+so the CSV joins calls of this script on the same code: everything at 32K from one call
+(``--parts ceilings prefill decode kvpress sweep --lengths 32768 --kvpress-lengths 32768``); full,
+snapkv, infokv and h2o at 8K and 64K, with kvpress there, from a second (``--parts ceilings prefill
+decode kvpress --lengths 8192 65536 --kvpress-lengths 8192 65536 --methods full snapkv infokv h2o
+--repeats 2``; its ceiling rows are left out). The decoding scenario's rows are carried from an
+earlier session's call (``--parts ceilings kvpress sweep scenario --repeats 2``): it compresses
+while decoding, a path later changes did not alter. Measured matmul 758-773 TFLOP/s, copy
+4.27 TB/s. At 32K tokens, 20% budget:
 
-* full-cache prefill (chunks of 4096) 1.49 s; floor 0.95 s; kvpress's unchunked prefill 1.41 s.
+* full-cache prefill (chunks of 4096) 1.48 s; floor 0.96 s; kvpress's unchunked prefill 1.40 s.
   Full chunks run on cuDNN's attention kernel (:mod:`infokv.causal_attention`); with
-  flash-attention 2 it was 1.78 s.
-* prefill + compression / full: streamingllm 1.01, snapkv 1.02 (target ≤ 1.05: met), pyramidkv
-  1.02, expected_attention 1.13, infokv 1.15 (target ≤ 1.10: missed by 0.05), h2o 1.38 (target
-  ≤ 1.6: met, with the fused flash + Triton column sums of :mod:`infokv.signals.fused_attention`).
-  infokv's 0.15 s over full: the LM head and top-256 over 32K positions, and prefill chunks of
-  2048 instead of 4096 (the evolution buffer holds every layer's residual stream of a chunk).
-* our snapkv 1.52 s vs kvpress snapkv 1.45 s: 1.05× (target ≤ 1.0: missed by 0.05; it was 1.29×):
-  the rest of the gap is chunking's per-chunk work against one unchunked pass.
-* infokv's signals add 0.06× the full KV bytes to the prefill's peak (target ≤ 0.25: met);
-  KV bytes after compression 0.20× (target ≤ 0.25: met).
+  flash-attention 2 it was 1.78 s (earlier committed run).
+* prefill + compression / full: streamingllm 1.01, snapkv 1.01 (target ≤ 1.05: met), pyramidkv
+  1.01, expected_attention 1.10, infokv 1.09 (target ≤ 1.10: met), h2o 1.37 (target ≤ 1.6: met,
+  with the fused flash + Triton column sums of :mod:`infokv.signals.fused_attention`). infokv's
+  0.14 s over full is mostly the LM head and top-256 over 32K positions and its compression step.
+* our snapkv, unchunked like kvpress (``unchunked_prefill_compress_seconds``), 1.42 s vs kvpress
+  snapkv 1.45 s: 0.98× (target ≤ 1.0: met; 0.98× at 64K too, 1.02× at 8K, where our host-side
+  compression step weighs more).
+* infokv's signals add 0.24× the full KV bytes to the prefill's peak (target ≤ 0.25: met): the
+  1 GiB evolution buffer of 4096-token chunks (:data:`infokv.capture.EVOLUTION_BUFFER_BYTES`);
+  at 8K, where the whole cache is 1 GiB, that is 0.94×. KV bytes after compression 0.20× (target
+  ≤ 0.25: met).
 * decode, replaying a captured CUDA graph per step (:mod:`infokv.graphed_decode`): full 97
-  tokens/s at batch 1 (48 with eager steps, earlier committed run) and 598 at batch 16 (floor 818;
-  664 eager: the whole-cache graph step is slower there); 20% caches 106 and 1190-1199 tokens/s:
-  1.99× full at batch 16 (target ≥ 1.5: met; eager steps gave 0.77-1.25×).
-* sweep of 7 methods × 2 budgets, 64 new tokens: 2.60× one full prefill + decode (target ≤ 1.5:
-  missed). The full run's decode got 2.4× faster with graphs, the sweep's much less: its 13 rows
-  are padded to the full row's 32K entries and, having filler, attend the whole width under a mask
-  (prefill 2.20 s, compression 0.63 s, decode 3.31 s, against 6.31 s in all).
+  tokens/s at batch 1 and 601 at batch 16 (floor 816); 20% caches 105 and 1191-1199 tokens/s:
+  1.98-2.00× full at batch 16 (target ≥ 1.5: met).
+* sweep of 7 methods × 2 budgets, 64 new tokens: 3.98 s vs 2.38 s for one full prefill + decode,
+  1.67× (target ≤ 1.5: missed; 2.60× before rows were attended in groups of equal span,
+  :class:`infokv.cache.ValidPrefix`). Phases: prefill 2.05 s (the fused H2O attention alone takes
+  2.0 s of it), compression 0.42 s, decode 1.26 s (full: 1.35, 0.04 and 0.79 s).
 * decoding scenario (earlier call; 1024-token prompt, 2080 new tokens, compress_every 1024, ratio
   0.25): rpc −8% and infokv +7% wall time against the full cache.
 

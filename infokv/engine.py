@@ -165,9 +165,9 @@ def left_pad(
     return ids.to(device), valid.to(device)
 
 
-def select_layer(view: LayerView, setting: Setting, keep: torch.Tensor, width: int) -> Selection:
-    """The kept entries of one layer for one setting: ``keep`` (B,) per row, at most ``width``."""
-    method = setting.method
+def layer_ranking(view: LayerView, method: Method) -> torch.Tensor:
+    """Entry indices (B, H_kv, T) of one layer from best to worst by ``method``'s scores. Scores do not
+    depend on the budget, so one ranking serves every budget of a method."""
 
     def ranking() -> torch.Tensor:
         forced = view.across_layers(
@@ -176,34 +176,42 @@ def select_layer(view: LayerView, setting: Setting, keep: torch.Tensor, width: i
         )
         return rank(method.score(view), view.valid, forced)
 
-    # Scores do not depend on the budget: one ranking serves every budget of a method.
-    return take_top(view.memoised(("ranking", method), ranking), keep, width)
+    return view.memoised(("ranking", method), ranking)
 
 
 def compress_settings(
     state: KVState, captured: Captured, settings: Sequence[Setting]
 ) -> tuple[KVState, list[list[Selection]]]:
-    """Compress the full cache once per setting; rows of the result are setting-major (r = c·B + b)."""
+    """Compress the full cache once per setting; rows of the result are setting-major (r = c·B + b).
+
+    Each layer's kept entries of every setting come from one selection over the settings' stacked
+    rankings, as wide as the widest setting there (narrower rows get masked filler in front), so
+    a sweep costs one selection per layer, not one per setting.
+    """
     layers = state.num_layers
+    batch = captured.valid.shape[0]
     # Keep counts are computed on the host and sent to the device in one copy: reading a selection's
     # width from device counts, or copying counts one at a time, would each wait for the device's queue.
     lengths = captured.lengths.cpu()
     keeps = torch.stack(
         [torch.stack(setting.method.keep_counts(setting.budget, lengths, layers)) for setting in settings]
     )
-    widths = keeps.amax(dim=-1).tolist()
+    widths = keeps.amax(dim=(0, 2)).tolist()
     device_keeps = keeps.to(captured.valid.device)
     per_setting: list[list[Selection]] = [[] for _ in settings]
+    indices, valid = [], []
     shared: dict = {}
     for layer in range(layers):
         view = LayerView(state, captured, layer, memo={}, shared=shared)
-        for index, setting in enumerate(settings):
-            selection = select_layer(view, setting, device_keeps[index, layer], widths[index][layer])
-            per_setting[index].append(selection)
-    combined_indices, combined_valid = combine_groups(per_setting)
-    batch = captured.valid.shape[0]
+        rankings = torch.cat([layer_ranking(view, setting.method) for setting in settings])
+        selected = take_top(rankings, device_keeps[:, layer].reshape(-1), widths[layer])
+        indices.append(selected.indices)
+        valid.append(selected.valid)
+        for index, selections in enumerate(per_setting):
+            rows = slice(index * batch, (index + 1) * batch)
+            selections.append(Selection(selected.indices[rows], selected.valid[rows]))
     rows = torch.arange(batch, device=captured.valid.device).repeat(len(settings))
-    return state.gather(rows, combined_indices, combined_valid), per_setting
+    return state.gather(rows, indices, valid), per_setting
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

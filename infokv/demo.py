@@ -16,6 +16,7 @@ import time
 import pandas as pd
 
 from infokv import generate_sweep, load_model, methods, tasks
+from infokv.host_memory import keep_freed_memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,6 +74,7 @@ def table(settings, results, samples: list[tasks.Sample]) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    keep_freed_memory()
     model, tokenizer = load_model(args.model)
     samples = tasks.passkey_samples(tokenizer, args.samples, args.tokens, args.seed)
     prompts = [sample.prompt if args.compress == "prompt" else sample.pair() for sample in samples]

@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from infokv.experiment import run_job, summarise
+from infokv.host_memory import keep_freed_memory
 from infokv.results import unique_records
 from infokv.tracking import Tracker
 
@@ -62,6 +63,7 @@ def track(cfg: DictConfig, directory: Path, table: pd.DataFrame) -> None:
 
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()
     directory, table = run_job(cfg)
     try:
         (Path(HydraConfig.get().runtime.output_dir) / RUN_POINTER).write_text(str(directory.resolve()) + "\n")

@@ -7,7 +7,8 @@ Measured, after one warm-up run of each: the median wall time over ``--repeats``
 (full, sweep, full, sweep, ...) so that load from other processes affects both alike, of
 (a) ``generate(model, tok, prompts, "full", 1.0, max_new_tokens=M)`` and
 (b) ``generate_sweep(model, tok, prompts, settings, max_new_tokens=M)``,
-on ``--samples`` passkey prompts (:mod:`infokv.tasks`) of ``--tokens`` tokens. The engine's own
+on ``--samples`` passkey prompts (:mod:`infokv.tasks`) of ``--tokens`` tokens, in a process whose
+freed memory is kept for reuse as in ``infokv-run`` (:mod:`infokv.host_memory`). The engine's own
 prefill / compress / decode split is recorded too. Writes ``results/bench/sweep_cost.csv`` (long form:
 name, value, unit) and prints the ratio (b) / (a).
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from infokv import generate, generate_sweep, load_model, methods, tasks
+from infokv.host_memory import keep_freed_memory
 
 TARGET = 1.5
 
@@ -75,6 +77,7 @@ def phases(completions) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
+    keep_freed_memory()  # as infokv-run does
     model, tokenizer = load_model(args.model)
     samples = tasks.passkey_samples(tokenizer, args.samples, args.tokens)
     prompts = [sample.prompt for sample in samples]

@@ -106,7 +106,7 @@ class Capturer:
     """Callbacks that fill a :class:`Captured` during a chunked prefill."""
 
     def __init__(
-        self, captured: Captured, requirements: set[Requirement], layers: int, entropy_rows: int = 512
+        self, captured: Captured, requirements: set[Requirement], layers: int, entropy_rows: int
     ) -> None:
         self.captured = captured
         self.layers = layers

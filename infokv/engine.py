@@ -373,8 +373,9 @@ def _run_batch(
         rows_state, selections = compress_settings(state, captured, settings)
         copies = len(settings)
         rows = torch.arange(len(batch), device=device).repeat(copies)
+        compressions = [setting.decode for setting in settings]
         layers = []
-        if any(setting.decode is not None for setting in settings) or decode_needs:
+        if any(compression is not None for compression in compressions):  # entries are tracked
             indices = combine_groups(selections)[0]
             query_heads = model.config.get_text_config(decoder=True).num_attention_heads
             layers = entries_from_prefill(captured, rows, indices, decode_needs, query_heads)
@@ -401,7 +402,6 @@ def _run_batch(
         decode_batch = DecodeBatch(
             rows_state, layers, positions, prompt_lengths, groups, list(range(len(rows)))
         )
-        compressions = [setting.decode for setting in settings]
         tokens, row_stats = decode(
             model,
             decode_batch,

@@ -36,13 +36,14 @@ so the CSV joins calls of this script: everything at 32K from one call (``--part
 decode kvpress sweep --lengths 32768 --kvpress-lengths 32768``); the prefill rows of full, snapkv,
 infokv and h2o at 8K and 64K from a second on the same code (``--parts ceilings prefill --lengths
 8192 65536 --methods full snapkv infokv h2o --repeats 2``); their decoding rows, kvpress there and
-our unchunked snapkv there from a call one commit earlier, before the H2O kernel's causal split and
+our unchunked snapkv there from a call on commit 62c05db, before the H2O kernel's causal split and
 the one-selection-per-layer compression (``--parts ceilings prefill decode kvpress --lengths 8192
 65536 --kvpress-lengths 8192 65536 --methods full snapkv infokv h2o --repeats 2``; neither change
-touches decoding or kvpress). The decoding scenario's rows are carried from an earlier session's
-call (``--parts ceilings kvpress sweep scenario --repeats 2``): it compresses while decoding, a path
-later changes did not alter. Ceiling rows come from the 32K call: matmul 782 TFLOP/s, copy
-4.28 TB/s. At 32K tokens, 20% budget:
+touches decoding or kvpress, and the selections they compress to are the same, but those unchunked
+snapkv rows time the older compression step). The decoding scenario's rows are carried from an
+earlier session's call (``--parts ceilings kvpress sweep scenario --repeats 2``): it compresses
+while decoding, a path later changes did not alter. Ceiling rows come from the 32K call: matmul
+782 TFLOP/s, copy 4.28 TB/s. At 32K tokens, 20% budget:
 
 * full-cache prefill (chunks of 4096) 1.46 s; floor 0.94 s; kvpress's unchunked prefill 1.38 s.
   Full chunks run on cuDNN's attention kernel (:mod:`infokv.causal_attention`); with

@@ -6,10 +6,10 @@ import pytest
 import torch
 from reference import Reference
 
-from infokv import signals
+from infokv import methods, signals
 from infokv.capture import prefill
 from infokv.scoring import LayerView
-from infokv.signals.entropy import topk_entropy
+from infokv.signals.entropy import top_values, topk_entropy
 
 LENGTH = 150
 
@@ -63,6 +63,19 @@ def test_entropy_topk_is_honoured():
     assert topk_entropy(logits, 2) < topk_entropy(logits, 0)
 
 
+@pytest.mark.parametrize("width, k", [(1000, 7), (4099, 16), (50, 20), (64, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_top_values_are_the_topk_values(width, k, dtype):
+    generator = torch.Generator().manual_seed(width + k)
+    logits = torch.randn(3, 5, width, generator=generator).to(dtype)
+    logits[0, 0] = logits[0, 0].round()  # many ties at the threshold
+    logits[1, 1, -3:] = 50.0  # the largest values in the columns past the last whole group
+    logits[2, 2, :: width // k] = 40.0  # k large values spread over every group
+    expected = logits.topk(k, dim=-1).values
+    got = top_values(logits, k).sort(dim=-1, descending=True).values
+    assert torch.equal(got, expected)
+
+
 def test_query_statistics_match_reference(llama, prompt):
     valid = torch.ones_like(prompt, dtype=torch.bool)
     state, captured, _ = prefill(llama, prompt, valid, {(signals.QUERY_STATISTICS,)}, chunk=64)
@@ -91,3 +104,26 @@ def test_future_rotation_is_mean_of_rope_rotations(llama, prompt):
         rotated, _ = apply_rotary_pos_emb(identity, identity, cos.double(), sin.double())
         total += rotated[0, 0].T  # column j is R e_j
     torch.testing.assert_close(rotation, total / 8, rtol=1e-5, atol=1e-6)
+
+
+def test_expected_attention_scores_follow_the_formula(llama, prompt):
+    """S_i = mean_g softmax_i(k_i·μ̄_g s + ½ k_iᵀ Σ̄_g k_i s²) · ‖v_i‖, evaluated token by token in float64."""
+    valid = torch.ones_like(prompt, dtype=torch.bool)
+    method = methods.get("expected_attention", n_future=8)
+    state, captured, _ = prefill(llama, prompt, valid, method.requirements(), chunk=64)
+    view = LayerView(state, captured, 1, memo={})
+    mean, covariance = (statistic[0].double() for statistic in view.query_statistics())
+    rotation = view.future_rotation(8)[0].double()
+    keys, values = view.keys[0].double(), view.values[0].double()  # (H_kv, T, d)
+    groups = mean.shape[0] // keys.shape[0]
+    expected = torch.zeros(keys.shape[:2], dtype=torch.float64)
+    for head in range(mean.shape[0]):
+        rotated_mean = rotation @ mean[head]
+        rotated_covariance = rotation @ covariance[head] @ rotation.T
+        key = keys[head // groups]
+        scale = view.scaling
+        quadratic = torch.stack([k @ rotated_covariance @ k for k in key])
+        logits = key @ rotated_mean * scale + 0.5 * quadratic * scale**2
+        expected[head // groups] += logits.softmax(0) / groups
+    expected = expected * values.norm(dim=-1)
+    torch.testing.assert_close(method.score(view)[0].double(), expected, rtol=1e-4, atol=1e-7)

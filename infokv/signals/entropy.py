@@ -10,6 +10,7 @@ exists for long prompts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -17,11 +18,33 @@ import torch
 POSITIONS = ("producing", "next")
 
 
+def top_values(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest of each row of (…, V) ``logits``, unordered: the same values as ``topk``, faster.
+
+    The first G·b columns are split into G = ⌊V/b⌋ strided groups {v : v mod G = g} of b = ⌊√(V/k)⌋
+    columns; only the k groups with the largest maxima can hold the top k. If t is the k-th largest group
+    maximum, every column outside those groups is ≤ t, and the k maxima inside are ≥ t, so the top k of
+    the k·b columns inside (plus the < b columns past G·b) are the top k of the row. Strided groups make
+    the maxima a reduction across rows of a (b, G) view, which vectorises, unlike one over short runs.
+    """
+    width = logits.shape[-1]
+    size = math.isqrt(width // max(1, k))
+    if size < 2:
+        return logits.topk(k, dim=-1, sorted=False).values
+    groups = width // size
+    grouped = logits[..., : groups * size].unflatten(-1, (size, groups))
+    chosen = grouped.amax(dim=-2).topk(k, dim=-1, sorted=False).indices
+    candidates = grouped.gather(-1, chosen.unsqueeze(-2).expand(*chosen.shape[:-1], size, k)).flatten(-2)
+    if groups * size < width:
+        candidates = torch.cat([candidates, logits[..., groups * size :]], dim=-1)
+    return candidates.topk(k, dim=-1, sorted=False).values
+
+
 def topk_entropy(logits: torch.Tensor, topk: int) -> torch.Tensor:
     """Entropy (…,) of the distributions given by (…, V) logits, restricted to the top ``topk``."""
     if 0 < topk < logits.shape[-1]:
-        # Before the fp32 cast (no fp32 copy of (…, V)); unsorted, as the entropy does not depend on order.
-        logits = logits.topk(topk, dim=-1, sorted=False).values
+        # Before the fp32 cast (no fp32 copy of (…, V)); unordered, as the entropy does not depend on order.
+        logits = top_values(logits, topk)
     log_probabilities = logits.float().log_softmax(dim=-1)
     return -(log_probabilities.exp() * log_probabilities).sum(dim=-1)
 

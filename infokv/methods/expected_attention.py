@@ -43,13 +43,16 @@ class ExpectedAttention(Method):
         keys = view.keys.float()
         batch, kv_heads, length, dim = keys.shape
         groups = mean.shape[1] // kv_heads
-        grouped_keys = keys[:, :, None].expand(batch, kv_heads, groups, length, dim)
         grouped_mean = mean.reshape(batch, kv_heads, groups, dim)
-        logits = torch.einsum("bhgtd,bhgd->bhgt", grouped_keys, grouped_mean) * view.scaling
+        # (B, H_kv, T, d) @ (B, H_kv, d, g): keys are shared by the g query heads, never copied per head.
+        logits = torch.matmul(keys, grouped_mean.transpose(-1, -2)).transpose(-1, -2) * view.scaling
         if self.use_covariance:
             covariance = torch.einsum("bde,bhef,bgf->bhdg", rotation, covariance, rotation)
             grouped_cov = covariance.reshape(batch, kv_heads, groups, dim, dim)
-            quadratic = torch.einsum("bhtd,bhgde,bhte->bhgt", keys, grouped_cov, keys)
+            # kᵀ Σ̄ k as (k Σ̄) · k, one query head at a time: a (B, H_kv, T, d) temporary, like the keys.
+            quadratic = torch.stack(
+                [(torch.matmul(keys, grouped_cov[:, :, g]) * keys).sum(dim=-1) for g in range(groups)], dim=2
+            )
             logits = logits + 0.5 * quadratic * view.scaling**2
         logits = logits.masked_fill(~view.valid[:, None, None, :], float("-inf"))
         scores = logits.softmax(dim=-1).mean(dim=2)

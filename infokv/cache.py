@@ -246,19 +246,27 @@ class KVState:
                 new_valid = torch.ones(batch, new_tokens, dtype=torch.bool, device=device)
             self.valid[index] = torch.cat([current, new_valid.to(device)], dim=-1)
 
-    def gather(self, rows: torch.Tensor, keep: list[torch.Tensor], valid: list[torch.Tensor]) -> KVState:
+    def gather(
+        self,
+        rows: torch.Tensor,
+        keep: list[torch.Tensor],
+        valid: list[torch.Tensor],
+        dense: list[bool] | None = None,
+    ) -> KVState:
         """A new state: row r holds, per layer and KV head, the entries ``keep[l][r, h]`` of row ``rows[r]``.
 
         ``keep[l]`` is (R, H_kv, K_l) with indices into this state's layer l; ``valid[l]`` is (R, K_l).
-        This state is left unchanged, so one full cache can be compressed many ways.
+        ``dense[l]`` says whether ``valid[l]`` is all True, when the caller knows it on the host (else it is
+        read from the device). This state is left unchanged, so one full cache can be compressed many ways.
         """
         cache = new_cache()
         for index in range(self.num_layers):
             keys, values = self.layer(index)
             _copy_layer(cache, index, keys, values, rows.to(keys.device), keep[index].to(keys.device))
         valid = [layer_valid.to(self.layer(index)[0].device) for index, layer_valid in enumerate(valid)]
-        # One read of every layer's "all valid" flag: a read per layer would wait for the device each time.
-        dense = torch.stack([layer_valid.all() for layer_valid in valid]).tolist()
+        if dense is None:
+            # One read of every layer's "all valid" flag: a read per layer would wait for the device each.
+            dense = torch.stack([layer_valid.all() for layer_valid in valid]).tolist()
         return KVState(cache, [None if whole else v for whole, v in zip(dense, valid, strict=True)])
 
     def select_rows(self, rows: torch.Tensor) -> KVState:

@@ -8,7 +8,6 @@ signals are recomputed from captured queries inside our attention function.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -85,6 +84,8 @@ class Captured:
     valid: torch.Tensor
     positions: torch.Tensor
     scaling: float
+    host_lengths: torch.Tensor
+    """(B,) valid tokens per row, on the host: reading counts from the device would wait for its queue."""
     rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     window_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     cumulative: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -96,10 +97,10 @@ class Captured:
     def lengths(self) -> torch.Tensor:
         return self.valid.sum(dim=-1)
 
-    @functools.cached_property
+    @property
     def padded(self) -> bool:
-        """Whether any row has padding (read once: on a GPU, reading it waits for the device)."""
-        return not bool(self.valid.all())
+        """Whether any row has padding."""
+        return bool((self.host_lengths < self.valid.shape[-1]).any())
 
 
 class Capturer:
@@ -223,14 +224,16 @@ def prefill(
     total = input_ids.shape[1]
     positions = (valid.long().cumsum(dim=-1) - 1).clamp_min(0)
     layers = len(decoder_layers(model))
-    captured = Captured(valid=valid, positions=positions, scaling=attention_scaling(model))
+    # Read before any work is queued, so compressing the cache never waits for the prefill to finish.
+    host_lengths = valid.sum(dim=-1).cpu()
+    captured = Captured(valid, positions, attention_scaling(model), host_lengths)
     captured.rotary = rotary_function(model)
     capturer = Capturer(captured, requirements, layers, entropy_rows(model))
     if capturer.evolution:
         chunk = evolution_chunk(model, input_ids.shape[0], chunk)
     state = KVState.empty(model)
     to_logits = output_logits(model)
-    has_padding = not bool(valid.all())
+    has_padding = captured.padded
     on_attention = capturer.on_attention if capturer.needs_attention else None
     hidden = None
     with torch.inference_mode(), contextlib.ExitStack() as hooks:

@@ -192,11 +192,16 @@ def compress_settings(
     batch = captured.valid.shape[0]
     # Keep counts are computed on the host and sent to the device in one copy: reading a selection's
     # width from device counts, or copying counts one at a time, would each wait for the device's queue.
-    lengths = captured.lengths.cpu()
+    # Nothing here waits for the device, so on a GPU the compression is queued while the prefill runs.
     keeps = torch.stack(
-        [torch.stack(setting.method.keep_counts(setting.budget, lengths, layers)) for setting in settings]
+        [
+            torch.stack(setting.method.keep_counts(setting.budget, captured.host_lengths, layers))
+            for setting in settings
+        ]
     )
-    widths = keeps.amax(dim=(0, 2)).tolist()
+    widest = keeps.amax(dim=(0, 2))
+    widths = widest.tolist()
+    dense = (keeps == widest[None, :, None]).all(dim=2).all(dim=0).tolist()  # every row keeps the width
     device_keeps = keeps.to(captured.valid.device)
     per_setting: list[list[Selection]] = [[] for _ in settings]
     indices, valid = [], []
@@ -211,7 +216,7 @@ def compress_settings(
             rows = slice(index * batch, (index + 1) * batch)
             selections.append(Selection(selected.indices[rows], selected.valid[rows]))
     rows = torch.arange(batch, device=captured.valid.device).repeat(len(settings))
-    return state.gather(rows, indices, valid), per_setting
+    return state.gather(rows, indices, valid, dense), per_setting
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -366,7 +371,7 @@ def _run_batch(
     clock = time.perf_counter()
     state, captured, last_logits = prefill(model, input_ids, valid, prefill_needs, prefill_chunk)
     prefill_seconds = time.perf_counter() - clock
-    order = widest_first(settings, captured.lengths.cpu(), state.num_layers)
+    order = widest_first(settings, captured.host_lengths, state.num_layers)
     settings = [settings[index] for index in order]
     clock = time.perf_counter()
     with torch.inference_mode():

@@ -10,7 +10,9 @@ Parts (``--parts``; all by default):
   bytes), measured in the same run; every floor below comes from them.
 * ``prefill``: for each method, one chunked capture prefill (``infokv.capture.prefill``, the
   signals the method needs) and one compression per budget (``engine.compress_settings``), timed
-  with CUDA events: median of ``--repeats`` after a warm-up. Rows: prefill, compress, prefill +
+  with CUDA events: median of ``--repeats`` after a warm-up. Nothing waits for the device between
+  the two, as in ``generate``, so the compression's time is what it adds after the prefill's last
+  kernel (its host-side launches overlap the prefill's tail). Rows: prefill, compress, prefill +
   compress seconds (floor: (2 · matrix params · T + causal attention FLOPs [+ the LM head over T
   for entropy]) / matrix rate), ratio to the full-cache prefill, peak GPU memory (floor: weights
   + full cache), signal memory (peak of the method's prefill − peak of the full prefill), KV bytes
@@ -194,7 +196,8 @@ class Bench:
             events[0].record()
             state, captured, _ = prefill(self.model, ids, valid, requirements, args.chunk)
             events[1].record()
-            torch.cuda.synchronize()
+            # No synchronisation before compressing, as in generate: the compression's launches queue up
+            # behind the prefill's kernels. Peaks are the allocator's host-side counts, exact without one.
             prefill_peak = torch.cuda.max_memory_allocated() - base
             torch.cuda.reset_peak_memory_stats()
             compressed = {}

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from infokv import generate, generate_sweep, methods
+from infokv.capture import prefill
+from infokv.engine import build_settings, compress_settings, left_pad
 from infokv.engine import generate as engine_generate
 
 ALL = methods.available("prefill")
@@ -50,6 +52,29 @@ def test_sweep_equals_separate_runs(model, tokenizer):
         separate = generate(model, tokenizer, PROMPTS, name, budget, max_new_tokens=8)
         assert [c.token_ids for c in completions] == [c.token_ids for c in separate], (name, budget)
         assert all(c.method == name for c in completions)
+
+
+@pytest.mark.parametrize("lengths", [(60, 60), (60, 45), (60, 38)])
+@pytest.mark.parametrize(
+    "specs", [[("snapkv", 40), ("h2o", 40)], [("full", 1.0), ("snapkv", 40), ("pyramidkv", 0.5), ("h2o", 0.9)]]
+)
+def test_compressed_layers_are_unmasked_exactly_when_every_row_keeps_the_width(llama, lengths, specs):
+    """The dense flags compress_settings derives from host keep counts match the selections' masks."""
+    generator = torch.Generator().manual_seed(3)
+    sequences = [torch.randint(4, 80, (length,), generator=generator).tolist() for length in lengths]
+    input_ids, valid = left_pad(sequences, 0, torch.device("cpu"))
+    settings = build_settings(specs)
+    requirements = set().union(*(setting.method.requirements() for setting in settings))
+    state, captured, _ = prefill(llama, input_ids, valid, requirements)
+    assert captured.host_lengths.tolist() == list(lengths)
+    with torch.inference_mode():
+        compressed, per_setting = compress_settings(state, captured, settings)
+    dense = [layer_valid is None for layer_valid in compressed.valid]
+    for layer, is_dense in enumerate(dense):
+        every_entry = all(bool(selections[layer].valid.all()) for selections in per_setting)
+        widths = {selections[layer].indices.shape[-1] for selections in per_setting}
+        assert is_dense == (every_entry and len(widths) == 1), layer
+    assert any(dense) == (len(specs) == 2 and min(lengths) >= 40)
 
 
 def test_compression_changes_what_is_kept(llama, tokenizer):

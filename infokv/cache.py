@@ -11,10 +11,14 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
+
+if TYPE_CHECKING:
+    from infokv.shared_prefix import SharedPrefix
 
 
 def cache_argument_name(model: PreTrainedModel) -> str:
@@ -208,10 +212,13 @@ class KVState:
     """A KV cache with per-layer validity masks.
 
     ``valid[l]`` is a (B, T_l) bool tensor (True = attendable) or ``None`` when every entry is valid.
+    With ``shared``, each row also attends its kept entries of a prompt cache shared by every row
+    (:class:`infokv.shared_prefix.SharedPrefix`); ``cache`` then holds only what the rows generated.
     """
 
     cache: DynamicCache
     valid: list[torch.Tensor | None] = field(default_factory=list)
+    shared: SharedPrefix | None = None
 
     @classmethod
     def empty(cls, model: PreTrainedModel) -> KVState:
@@ -275,7 +282,33 @@ class KVState:
         for index in range(self.num_layers):
             keys, values = self.layer(index)
             _copy_layer(cache, index, keys, values, rows.to(keys.device), None)
-        return KVState(cache, [None if valid is None else valid[rows] for valid in self.valid])
+        shared = None if self.shared is None else self.shared.select_rows(rows)
+        return KVState(cache, [None if valid is None else valid[rows] for valid in self.valid], shared)
+
+    def share_prompt(self, rows: torch.Tensor, keep: list[torch.Tensor]) -> KVState:
+        """A state of R rows that attend entries ``keep[l]`` (R, H_kv, T_l) of this state's rows ``rows``
+        (R,) in place, and cache what they generate apart (:class:`infokv.shared_prefix.SharedPrefix`).
+        On CUDA this state's buffers are padded with zeros to what the split attention reads."""
+        from infokv import shared_prefix
+
+        keys, values = [], []
+        for index in range(self.num_layers):
+            layer = self.cache.layers[index]
+            length = layer.keys.shape[2]
+            if layer.keys.is_cuda:
+                padded = shared_prefix.padded_length(length)
+                layer.reserve(padded, layer.keys, layer.values)
+                layer._key_buffer[:, :, length:padded].zero_()
+                layer._value_buffer[:, :, length:padded].zero_()
+            keys.append(layer.keys)
+            values.append(layer.values)
+        generated = new_cache()
+        device = keys[0].device
+        nothing = torch.zeros(len(rows), keys[0].shape[1], 0, dtype=torch.long, device=device)
+        for index in range(self.num_layers):
+            _copy_layer(generated, index, keys[index], values[index], rows.to(device), nothing)
+        shared = shared_prefix.SharedPrefix(keys, values, keep, rows.cpu())
+        return KVState(generated, [None] * self.num_layers, shared)
 
     def fix_shapes(self, steps: int, step: torch.Tensor) -> None:
         """Switch to fixed-shape appends (:class:`FixedWrite`) for up to ``steps`` steps, counted by the
@@ -331,11 +364,12 @@ class KVState:
 
     def valid_counts(self) -> torch.Tensor:
         """(L, B) attendable entries per layer and row."""
-        return torch.stack([self.valid_mask(index).sum(-1) for index in range(self.num_layers)])
+        counts = torch.stack([self.valid_mask(index).sum(-1) for index in range(self.num_layers)])
+        return counts if self.shared is None else counts + self.shared.counts().to(counts.device)
 
     def nbytes(self) -> int:
-        """Bytes held by keys and values over all layers."""
-        total = 0
+        """Bytes held by keys and values over all layers (and by a shared prompt cache and its masks)."""
+        total = 0 if self.shared is None else self.shared.nbytes()
         for index in range(self.num_layers):
             keys, values = self.layer(index)
             total += keys.numel() * keys.element_size() + values.numel() * values.element_size()

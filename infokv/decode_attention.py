@@ -21,15 +21,22 @@ from infokv import causal_attention
 from infokv.cache import ValidPrefix
 
 
+def masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 output (B, H, M, d) and log-normaliser (B, H, M) of queries (B, H, M, d) over keys (B, H, k, d)
+    where ``allowed`` (broadcast to (B, H, M, k)) is True."""
+    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)
+    return torch.matmul((logits - lse[..., None]).exp(), value.float()), lse
+
+
 def _masked_part(
     grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output (B, H_kv, g, d) and fp32 log-normaliser (B, H_kv, g) of grouped queries over masked keys."""
-    logits = torch.matmul(grouped.float(), key.float().transpose(-1, -2)) * scaling
-    logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
-    lse = torch.logsumexp(logits, dim=-1)
-    output = torch.matmul((logits - lse[..., None]).exp(), value.float())
-    return output, lse
+    return masked_attention(grouped, key, value, valid[:, None, None, :], scaling)
 
 
 def _prefix_part(
@@ -58,7 +65,6 @@ def prefix_and_recent_attention(
     batch, query_heads, _, dim = query.shape
     kv_heads, length = key.shape[1], prefix.length
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    recent = _masked_part(grouped, key[:, :, length:], value[:, :, length:], valid[:, length:], scaling)
     parts = []
     for rows, start in prefix.groups:
         keys, values = key[rows, :, start:length], value[rows, :, start:length]
@@ -67,5 +73,36 @@ def prefix_and_recent_attention(
         head = parts[0]
     else:
         head = (torch.cat([output for output, _ in parts]), torch.cat([lse for _, lse in parts]))
-    output = causal_attention.merge(head, recent)[0]
+    return _with_recent(query, head, key[:, :, length:], value[:, :, length:], valid[:, length:], scaling)
+
+
+def shared_and_recent_attention(
+    query: torch.Tensor,
+    shared: tuple[torch.Tensor, torch.Tensor],
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """Attention (B, H_q, 1, d) of one query per row over its kept entries of a shared prompt cache, given
+    as their output and log-normaliser (:meth:`infokv.shared_prefix.SharedPrefix.attend`), and over the
+    row's own ``key``/``value`` entries under ``valid`` (None: all)."""
+    if valid is None:
+        valid = torch.ones(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
+    return _with_recent(query, shared, key, value, valid, scaling)
+
+
+def _with_recent(
+    query: torch.Tensor,
+    head: tuple[torch.Tensor, torch.Tensor],
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """Merge attention over earlier entries (fp32 output (B, H_kv, g, d), log-normaliser (B, H_kv, g)) with
+    attention over the masked ``key``/``value`` slots; (B, H_q, 1, d) in the query's dtype."""
+    batch, query_heads, _, dim = query.shape
+    grouped = query.reshape(batch, key.shape[1], query_heads // key.shape[1], dim)
+    output = causal_attention.merge(head, _masked_part(grouped, key, value, valid, scaling))[0]
     return output.to(query.dtype).reshape(batch, query_heads, 1, dim)

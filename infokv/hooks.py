@@ -193,6 +193,13 @@ def infokv_attention(
     if context.attend is not None:
         output = context.attend(layer, query, key, value, valid, scaling)
         return output.transpose(1, 2).contiguous(), None
+    shared = context.state.shared
+    if shared is not None:  # a sweep's rows over one prompt cache, plus what each generated
+        if queries != 1:
+            raise RuntimeError(f"a shared prompt cache is attended one query per row, not {queries}")
+        prompt = shared.attend(layer, query, scaling)
+        output = decode_attention.shared_and_recent_attention(query, prompt, key, value, valid, scaling)
+        return output.transpose(1, 2).contiguous(), None
     repeats = query.shape[1] // key.shape[1]
     trivial_mask = valid is None and (queries == 1 or queries == keys)
     if trivial_mask and context.backend == "flash_attention_2":

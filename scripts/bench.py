@@ -35,42 +35,36 @@ the figure ``--figure``; ``--plot-only CSV...`` redraws the figure from CSVs of 
 Results committed (H200, torch 2.11, transformers 5.17, sdpa; results/bench/gpu.csv and
 results/figures/bench_gpu.png). The device time of one session did not fit every part in one call,
 so the CSV joins calls of this script: everything at 32K from one call (``--parts ceilings prefill
-decode kvpress sweep --lengths 32768 --kvpress-lengths 32768``); the prefill rows of full, snapkv,
-infokv and h2o at 8K and 64K from a second on the same code (``--parts ceilings prefill --lengths
-8192 65536 --methods full snapkv infokv h2o --repeats 2``); their decoding rows, kvpress there and
-our unchunked snapkv there from a call on commit 62c05db, before the H2O kernel's causal split and
-the one-selection-per-layer compression (``--parts ceilings prefill decode kvpress --lengths 8192
-65536 --kvpress-lengths 8192 65536 --methods full snapkv infokv h2o --repeats 2``; neither change
-touches decoding or kvpress, and the selections they compress to are the same, but those unchunked
-snapkv rows time the older compression step). The decoding scenario's rows are carried from an
-earlier session's call (``--parts ceilings kvpress sweep scenario --repeats 2``): it compresses
-while decoding, a path later changes did not alter. Ceiling rows come from the 32K call: matmul
-782 TFLOP/s, copy 4.28 TB/s. At 32K tokens, 20% budget:
+decode kvpress sweep --lengths 32768 --kvpress-lengths 32768``); full, snapkv, infokv and h2o at 8K
+and 64K from a second on the same code (``--parts ceilings prefill decode kvpress --lengths 8192
+65536 --kvpress-lengths 8192 65536 --methods full snapkv infokv h2o --repeats 2``). The decoding
+scenario's rows are carried from an earlier session's call (``--parts ceilings kvpress sweep scenario
+--repeats 2``): it compresses while decoding, a path later changes did not alter. Ceiling rows come
+from the 32K call: matmul 746 TFLOP/s, copy 4.19 TB/s. At 32K tokens, 20% budget:
 
-* full-cache prefill (chunks of 4096) 1.46 s; floor 0.94 s; kvpress's unchunked prefill 1.38 s.
+* full-cache prefill (chunks of 4096) 1.46 s; floor 0.99 s; kvpress's unchunked prefill 1.36 s.
   Full chunks run on cuDNN's attention kernel (:mod:`infokv.causal_attention`); with
   flash-attention 2 it was 1.78 s (earlier committed run).
-* prefill + compression / full: streamingllm 1.02, snapkv 1.03 (target ≤ 1.05: met), pyramidkv
-  1.04, expected_attention 1.11, infokv 1.11 (target ≤ 1.10: missed by 0.014; the previous call,
-  one commit earlier, measured 1.09 with infokv's own time the same, 1.62 s, and full's 1.48 s
-  instead of 1.46 s: the target lies within run-to-run noise), h2o 1.33 (target ≤ 1.6: met, with
-  the fused flash + Triton column sums of :mod:`infokv.signals.fused_attention`). infokv's 0.17 s
-  over full: the LM head and top-256 over 32K positions, the evolution distances, and a
-  compression step bound by host-side kernel launches (0.07 s).
-* our snapkv, unchunked like kvpress (``unchunked_prefill_compress_seconds``), 1.40 s vs kvpress
-  snapkv 1.42 s: 0.99× (target ≤ 1.0: met; 0.98× at 64K too, 1.02× at 8K, where the host-side
-  compression step weighs more).
+* prefill + compression / full, nothing waiting for the device in between: streamingllm 1.02,
+  snapkv 1.02 (target ≤ 1.05: met), pyramidkv 1.02, expected_attention 1.10, infokv 1.08 (target
+  ≤ 1.10: met), h2o 1.22 (target ≤ 1.6: met, with the fused flash + Triton column sums of
+  :mod:`infokv.signals.fused_attention`). At 64K: snapkv 1.01, infokv 1.06, h2o 1.32; at 8K, where
+  a prefill takes 0.26 s and the host-side compression step weighs more: 1.13, 1.23 and 1.16.
+* our snapkv, unchunked like kvpress (``unchunked_prefill_compress_seconds``), 1.38 s vs kvpress
+  snapkv 1.41 s: 0.98× (target ≤ 1.0: met; 0.98× at 64K too, 1.06× at 8K).
 * infokv's signals add 0.24× the full KV bytes to the prefill's peak (target ≤ 0.25: met): the
   1 GiB evolution buffer of 4096-token chunks (:data:`infokv.capture.EVOLUTION_BUFFER_BYTES`);
   0.12× at 64K and 0.94× at 8K, where the whole cache is 1 GiB. KV bytes after compression 0.20×
   (target ≤ 0.25: met).
 * decode, replaying a captured CUDA graph per step (:mod:`infokv.graphed_decode`): full 97
-  tokens/s at batch 1 and 615 at batch 16 (floor 818); 20% caches 106 and 1195 tokens/s: 1.94×
+  tokens/s at batch 1 and 631 at batch 16 (floor 801); 20% caches 105 and 1201 tokens/s: 1.90×
   full at batch 16 (target ≥ 1.5: met).
-* sweep of 7 methods × 2 budgets, 64 new tokens: 3.85 s vs 2.45 s for one full prefill + decode,
-  1.57× (target ≤ 1.5: missed by 0.07; 2.60× before rows were attended in groups of equal span,
-  :class:`infokv.cache.ValidPrefix`). Phases: prefill 1.95 s (the fused H2O attention alone takes
-  1.90 s), compression 0.31 s, decode 1.33 s (full: 1.33, 0.03 and 0.80 s).
+* sweep of 7 methods × 2 budgets, 64 new tokens: 3.21 s vs 2.35 s for one full prefill + decode,
+  1.37× (target ≤ 1.5: met). The rows attend masks over the one prompt cache
+  (:mod:`infokv.shared_prefix`); the previous committed run, whose rows each had a gathered copy of
+  their entries, measured 1.57×. Phases as the engine's host clock sees them
+  (the device's queue makes the split approximate): prefill 1.81 s, compression 0.24 s, decode
+  1.07 s (full: 1.34, 0.18 and 0.83 s).
 * decoding scenario (earlier call; 1024-token prompt, 2080 new tokens, compress_every 1024, ratio
   0.25): rpc −8% and infokv +7% wall time against the full cache.
 

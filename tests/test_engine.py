@@ -56,7 +56,8 @@ def test_sweep_equals_separate_runs(model, tokenizer):
 
 @pytest.mark.parametrize("lengths", [(60, 60), (60, 45), (60, 38)])
 @pytest.mark.parametrize(
-    "specs", [[("snapkv", 40), ("h2o", 40)], [("full", 1.0), ("snapkv", 40), ("pyramidkv", 0.5), ("h2o", 0.9)]]
+    "specs",
+    [[("snapkv", 40), ("h2o", 40)], [("full", 1.0), ("snapkv", 40), ("pyramidkv", 0.5), ("h2o", 0.9)]],
 )
 def test_compressed_layers_are_unmasked_exactly_when_every_row_keeps_the_width(llama, lengths, specs):
     """The dense flags compress_settings derives from host keep counts match the selections' masks."""

@@ -21,22 +21,15 @@ from infokv import causal_attention
 from infokv.cache import ValidPrefix
 
 
-def masked_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scaling: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 output (B, H, M, d) and log-normaliser (B, H, M) of queries (B, H, M, d) over keys (B, H, k, d)
-    where ``allowed`` (broadcast to (B, H, M, k)) is True."""
-    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
-    logits = logits.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(logits, dim=-1)
-    return torch.matmul((logits - lse[..., None]).exp(), value.float()), lse
-
-
 def _masked_part(
     grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output (B, H_kv, g, d) and fp32 log-normaliser (B, H_kv, g) of grouped queries over masked keys."""
-    return masked_attention(grouped, key, value, valid[:, None, None, :], scaling)
+    logits = torch.matmul(grouped.float(), key.float().transpose(-1, -2)) * scaling
+    logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)
+    output = torch.matmul((logits - lse[..., None]).exp(), value.float())
+    return output, lse
 
 
 def _prefix_part(

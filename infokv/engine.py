@@ -251,7 +251,7 @@ def shares_prompt(
     """Whether the rows of ``settings`` should attend masks over one prompt cache: on CUDA, when they keep
     more entries together than it holds, so decoding reads less from it than from copies
     (:mod:`infokv.shared_prefix`). Not on CPU: every row then scores every prompt entry, and there
-    attention is bound by arithmetic (a 2K-token SmolLM2 sweep decoded 20% slower), not memory traffic."""
+    attention is bound by arithmetic (a 2K-token SmolLM2 sweep decoded 15-20% slower), not memory traffic."""
     if device.type != "cuda":
         return False
     return sum(kept_entries(settings, lengths, layers)) > int(lengths.sum()) * layers

@@ -11,9 +11,9 @@ row ``prompt_rows[r]`` under its mask ``keep[l][r, h]`` and, separately, the ent
     lse = log(e^{l₁} + e^{l₂}),    o = e^{l₁ − lse} · o₁ + e^{l₂ − lse} · o₂
 
 The query heads of every row sharing a prompt row become queries of one attention over it, with the
-masks as an additive bias. On CUDA, memory-efficient attention takes that bias; it parallelises over
-(batch, head, 64 queries), so the prompt's keys are split into :data:`SPLITS` parts, attended as a
-batch and merged the same way.
+masks as an additive bias, built once per layer. On CPU the flash kernel takes it. On CUDA,
+memory-efficient attention does; it parallelises over (batch, head, 64 queries), so the prompt's keys
+are split into :data:`SPLITS` parts, attended as a batch and merged the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-from infokv import decode_attention
 
 SPLITS = 16
 """Key parts of the prompt attended in parallel on CUDA (8 KV heads × 16 parts fill an H200's SMs)."""
@@ -78,15 +76,15 @@ class SharedPrefix:
             folded = folded.reshape(1, kv_heads, count * groups, dim)
             keys = self.keys[layer][prompt_row : prompt_row + 1]
             values = self.values[layer][prompt_row : prompt_row + 1]
+            bias = self._bias.get((layer, index))
+            if bias is None:
+                bias = self._bias[(layer, index)] = _bias(self._mask(layer, members, groups), query)
             if query.is_cuda:
-                bias = self._bias.get((layer, index))
-                if bias is None:
-                    bias = _split_bias(self._mask(layer, members, groups), query.dtype)
-                    self._bias[(layer, index)] = bias
                 part, part_lse = _split_attention(folded, keys, values, bias, scaling)
             else:
-                mask = self._mask(layer, members, groups)
-                part, part_lse = decode_attention.masked_attention(folded, keys, values, mask, scaling)
+                part, part_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    folded, keys, values, 0.0, False, attn_mask=bias[0], scale=scaling
+                )
             output[members] = part.reshape(kv_heads, count, groups, dim).transpose(0, 1)
             lse[members] = part_lse.reshape(kv_heads, count, groups).transpose(0, 1)
         return output, lse
@@ -101,6 +99,16 @@ class SharedPrefix:
 def _split_length(length: int) -> int:
     """Keys per part: ⌈length / SPLITS⌉ rounded up to 16 (the kernel's bias alignment)."""
     return -(-length // (SPLITS * 16)) * 16
+
+
+def _bias(mask: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive bias of ``mask`` (1, H, M, T) for the device's kernel: split on CUDA
+    (:func:`_split_bias`); on CPU, for the flash kernel, 0 where kept and −inf elsewhere (every query keeps
+    some entry, so no row is all −inf), with an unused second element."""
+    if query.is_cuda:
+        return _split_bias(mask, query.dtype)
+    bias = torch.zeros(mask.shape, dtype=query.dtype).masked_fill_(~mask, float("-inf"))
+    return bias, mask
 
 
 def _split_bias(mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

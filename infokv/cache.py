@@ -11,14 +11,12 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-if TYPE_CHECKING:
-    from infokv.shared_prefix import SharedPrefix
+from infokv.shared_prefix import SharedPrefix, padded_length
 
 
 def cache_argument_name(model: PreTrainedModel) -> str:
@@ -289,14 +287,12 @@ class KVState:
         """A state of R rows that attend entries ``keep[l]`` (R, H_kv, T_l) of this state's rows ``rows``
         (R,) in place, and cache what they generate apart (:class:`infokv.shared_prefix.SharedPrefix`).
         On CUDA this state's buffers are padded with zeros to what the split attention reads."""
-        from infokv import shared_prefix
-
         keys, values = [], []
         for index in range(self.num_layers):
             layer = self.cache.layers[index]
             length = layer.keys.shape[2]
             if layer.keys.is_cuda:
-                padded = shared_prefix.padded_length(length)
+                padded = padded_length(length)
                 layer.reserve(padded, layer.keys, layer.values)
                 layer._key_buffer[:, :, length:padded].zero_()
                 layer._value_buffer[:, :, length:padded].zero_()
@@ -307,7 +303,7 @@ class KVState:
         nothing = torch.zeros(len(rows), keys[0].shape[1], 0, dtype=torch.long, device=device)
         for index in range(self.num_layers):
             _copy_layer(generated, index, keys[index], values[index], rows.to(device), nothing)
-        shared = shared_prefix.SharedPrefix(keys, values, keep, rows.cpu())
+        shared = SharedPrefix(keys, values, keep, rows.cpu())
         return KVState(generated, [None] * self.num_layers, shared)
 
     def fix_shapes(self, steps: int, step: torch.Tensor) -> None:

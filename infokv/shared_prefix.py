@@ -40,7 +40,7 @@ class SharedPrefix:
     """(R,) the prompt row each decoding row attends, on the host."""
     members: list[tuple[int, torch.Tensor]] = field(init=False)
     """(prompt row, the decoding rows attending it), read once here: never while a graph is captured."""
-    _bias: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(
+    _bias: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -101,14 +101,13 @@ def _split_length(length: int) -> int:
     return -(-length // (SPLITS * 16)) * 16
 
 
-def _bias(mask: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The additive bias of ``mask`` (1, H, M, T) for the device's kernel: split on CUDA
-    (:func:`_split_bias`); on CPU, for the flash kernel, 0 where kept and −inf elsewhere (every query keeps
-    some entry, so no row is all −inf), with an unused second element."""
+def _bias(mask: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The additive bias of ``mask`` (1, H, M, T) for the device's kernel, and which parts keep anything:
+    split on CUDA (:func:`_split_bias`); on CPU, for the flash kernel, 0 where kept and −inf elsewhere
+    (every query keeps some entry, so no row is all −inf) in one part."""
     if query.is_cuda:
         return _split_bias(mask, query.dtype)
-    bias = torch.zeros(mask.shape, dtype=query.dtype).masked_fill_(~mask, float("-inf"))
-    return bias, mask
+    return torch.zeros(mask.shape, dtype=query.dtype).masked_fill_(~mask, float("-inf")), None
 
 
 def _split_bias(mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

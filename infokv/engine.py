@@ -245,16 +245,15 @@ def kept_entries(settings: Sequence[Setting], lengths: torch.Tensor, layers: int
     ]
 
 
-def shares_prompt(
-    settings: Sequence[Setting], lengths: torch.Tensor, layers: int, device: torch.device
-) -> bool:
-    """Whether the rows of ``settings`` should attend masks over one prompt cache: on CUDA, when they keep
-    more entries together than it holds, so decoding reads less from it than from copies
-    (:mod:`infokv.shared_prefix`). Not on CPU: every row then scores every prompt entry, and there
-    attention is bound by arithmetic (a 2K-token SmolLM2 sweep decoded 15-20% slower), not memory traffic."""
+def shares_prompt(kept: Sequence[int], lengths: torch.Tensor, layers: int, device: torch.device) -> bool:
+    """Whether settings keeping ``kept`` entries each (:func:`kept_entries`) should attend masks over one
+    prompt cache: on CUDA, when they keep more entries together than it holds, so decoding reads less
+    from it than from copies (:mod:`infokv.shared_prefix`). Not on CPU: every row then scores every prompt
+    entry, and there attention is bound by arithmetic (a 2K-token SmolLM2 sweep decoded 15-20% slower),
+    not memory traffic."""
     if device.type != "cuda":
         return False
-    return sum(kept_entries(settings, lengths, layers)) > int(lengths.sum()) * layers
+    return sum(kept) > int(lengths.sum()) * layers
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -409,14 +408,15 @@ def _run_batch(
     clock = time.perf_counter()
     state, captured, last_logits = prefill(model, input_ids, valid, prefill_needs, prefill_chunk)
     prefill_seconds = time.perf_counter() - clock
-    order = widest_first(settings, captured.host_lengths, state.num_layers)
+    kept = kept_entries(settings, captured.host_lengths, state.num_layers)
+    order = widest_first(kept)
     settings = [settings[index] for index in order]
     compressions = [setting.decode for setting in settings]
     # Rows compressed while decoding need caches of their own; question tokens need more than one query.
     share = (
         all(compression is None for compression in compressions)
         and not any(item.question for item in batch)
-        and shares_prompt(settings, captured.host_lengths, state.num_layers, device)
+        and shares_prompt(kept, captured.host_lengths, state.num_layers, device)
     )
     clock = time.perf_counter()
     with torch.inference_mode():
@@ -497,11 +497,11 @@ def _run_batch(
     return [results[order.index(index)] for index in range(len(order))]
 
 
-def widest_first(settings: Sequence[Setting], lengths: torch.Tensor, layers: int) -> list[int]:
-    """Setting indices by decreasing kept entries, so decoding rows of similar width are adjacent
-    and attention can skip the filler of narrow rows in groups (:func:`infokv.hooks._row_groups`)."""
-    kept = kept_entries(settings, lengths, layers)
-    return sorted(range(len(settings)), key=lambda index: -kept[index])
+def widest_first(kept: Sequence[int]) -> list[int]:
+    """Setting indices by decreasing kept entries (:func:`kept_entries`), so decoding rows of similar
+    width are adjacent and attention can skip the filler of narrow rows in groups
+    (:func:`infokv.hooks._row_groups`)."""
+    return sorted(range(len(kept)), key=lambda index: -kept[index])
 
 
 def generate(

@@ -8,7 +8,14 @@ from tiny import tiny_model
 
 from infokv import decoding, engine, generate, generate_sweep
 from infokv.capture import prefill
-from infokv.engine import build_settings, compress_settings, forward_tokens, left_pad, shares_prompt
+from infokv.engine import (
+    build_settings,
+    compress_settings,
+    forward_tokens,
+    kept_entries,
+    left_pad,
+    shares_prompt,
+)
 from infokv.graphed_decode import GraphedDecoder
 
 PROMPTS = [
@@ -62,10 +69,14 @@ def test_fixed_shape_steps_over_a_shared_prompt_match_growing_steps(llama, token
 
 def test_a_sweep_shares_the_prompt_on_cuda_when_that_reads_less():
     lengths, cuda = torch.tensor([100, 80]), torch.device("cuda")
-    assert shares_prompt(build_settings(SPECS), lengths, 3, cuda)
-    assert not shares_prompt(build_settings(SPECS), lengths, 3, torch.device("cpu"))
-    assert not shares_prompt(build_settings([("snapkv", 0.5), ("h2o", 0.4)]), lengths, 3, cuda)
-    assert not shares_prompt(build_settings([("full", 1.0)]), lengths, 3, cuda)
+
+    def kept(specs):
+        return kept_entries(build_settings(specs), lengths, 3)
+
+    assert shares_prompt(kept(SPECS), lengths, 3, cuda)
+    assert not shares_prompt(kept(SPECS), lengths, 3, torch.device("cpu"))
+    assert not shares_prompt(kept([("snapkv", 0.5), ("h2o", 0.4)]), lengths, 3, cuda)
+    assert not shares_prompt(kept([("full", 1.0)]), lengths, 3, cuda)
 
 
 @pytest.mark.parametrize("replayed", [False, True])

@@ -5,6 +5,11 @@ entropy of the distribution that produced it and of the one at its position, its
 evolution D^(l) (computed in the step that fed it), and — for H2O — the attention it received
 from every decoding query. Compression gathers these with the same indices as the keys, so
 nothing is ever recomputed over the whole history.
+
+Between compressions the tracker can switch to fixed-shape recording (:meth:`DecodeTracker.fix_shapes`),
+as the cache does for CUDA-graph steps: every per-entry tensor gets room for the steps ahead, step s
+writes slot ``length + s`` (``s`` a device scalar), window queries go to a buffer of the same kind, and
+accumulators are updated in place, so a tracked step can be captured once and replayed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 from infokv import signals
 from infokv.capture import Captured
 from infokv.methods.base import Requirement
-from infokv.signals.attention import attention_column_sums
+from infokv.signals.attention import new_query_column_sums
 from infokv.signals.entropy import align_to_tokens, topk_entropy
 from infokv.signals.evolution import cosine_distance
 from infokv.signals.query_statistics import QueryStatistics
@@ -74,6 +79,22 @@ class LayerEntries:
         return selected
 
 
+@dataclass
+class FixedSlots:
+    """Fixed-shape recording for up to ``steps`` steps counted by the device scalar ``step``: layer l's
+    entry fed at step s goes to slot ``lengths[l] + s``; its query to slot ``window + s`` of ``queries[l]``,
+    after the ``held[l]`` window queries kept before the steps."""
+
+    steps: int
+    step: torch.Tensor
+    lengths: list[int]
+    held: list[int]
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def slot(self, layer: int) -> torch.Tensor:
+        return (self.step + self.lengths[layer]).reshape(1)
+
+
 class DecodeTracker:
     """Appends one entry's signals per decoding step; hooks are the callbacks of :mod:`infokv.hooks`."""
 
@@ -89,6 +110,7 @@ class DecodeTracker:
         self.scaling = scaling
         self.outputs: dict[int, torch.Tensor] = {}
         self.valid: torch.Tensor | None = None
+        self.fixed: FixedSlots | None = None
 
     @property
     def needs_attention(self) -> bool:
@@ -103,13 +125,23 @@ class DecodeTracker:
         self, layer: int, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None
     ) -> None:
         entries = self.layers[layer]
-        if self.window > 0:
+        if self.window > 0 and self.fixed is not None:
+            self._buffer_query(layer, query)
+        elif self.window > 0:
             buffered = query if entries.queries is None else torch.cat([entries.queries, query], dim=2)
             entries.queries = buffered[:, :, -self.window :]
         if self.cumulative:
-            sums = attention_column_sums(query, key, valid, self.scaling)
-            grown = key.shape[2] - entries.cumulative.shape[-1]
-            entries.cumulative = torch.nn.functional.pad(entries.cumulative, (0, grown)) + sums
+            sums = new_query_column_sums(query, key, valid, self.scaling)
+            if self.fixed is not None:
+                entries.cumulative.add_(sums)
+            else:
+                grown = key.shape[2] - entries.cumulative.shape[-1]
+                entries.cumulative = torch.nn.functional.pad(entries.cumulative, (0, grown)) + sums
+
+    def _buffer_query(self, layer: int, query: torch.Tensor) -> None:
+        """Fixed-shape mode: the step's query to slot ``window + step`` of the layer's buffer."""
+        fixed = self.fixed
+        fixed.queries[layer].index_copy_(2, (fixed.step + self.window).reshape(1), query)
 
     def on_layer_output(self, layer: int, hidden: torch.Tensor) -> None:
         self.outputs[layer] = hidden[:, -1]
@@ -120,6 +152,70 @@ class DecodeTracker:
             entries.statistics = QueryStatistics()
         entries.statistics.add(queries, None)
 
+    def fix_shapes(self, steps: int, step: torch.Tensor, query_heads: int, keys: torch.Tensor) -> None:
+        """Fixed-shape recording for up to ``steps`` steps counted by ``step`` (:class:`FixedSlots`); window
+        query buffers are shaped after the (R, H_kv, K, d) ``keys``, with ``query_heads`` heads."""
+        lengths = [entries.positions.shape[-1] for entries in self.layers]
+        held = [0 if entries.queries is None else entries.queries.shape[2] for entries in self.layers]
+        self.fixed = FixedSlots(steps, step, lengths, held)
+        for layer, entries in enumerate(self.layers):
+
+            def room(tensor: torch.Tensor | None) -> torch.Tensor | None:
+                return None if tensor is None else torch.nn.functional.pad(tensor, (0, steps))
+
+            entries.positions = room(entries.positions)
+            entries.producing = {k: room(v) for k, v in entries.producing.items()}
+            entries.next = {k: room(v) for k, v in entries.next.items()}
+            entries.evolution = room(entries.evolution)
+            entries.cumulative = room(entries.cumulative)
+            if self.window > 0:
+                rows, dim = keys.shape[0], keys.shape[-1]
+                buffer = keys.new_zeros(rows, query_heads, self.window + steps, dim)
+                if entries.queries is not None:
+                    buffer[:, :, self.window - held[layer] : self.window] = entries.queries
+                self.fixed.queries[layer] = buffer
+
+    def checkpoint(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The accumulators a step adds into in place, each with a copy of its value now."""
+        return [(tensor, tensor.clone()) for tensor in self._accumulators()]
+
+    def rewind(self, checkpoint: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Undo the steps since ``checkpoint``: accumulators back to its values, ones made since to zero."""
+        saved = {id(tensor): copy for tensor, copy in checkpoint}
+        for tensor in self._accumulators():
+            if id(tensor) in saved:
+                tensor.copy_(saved[id(tensor)])
+            else:
+                tensor.zero_()
+
+    def _accumulators(self) -> list[torch.Tensor]:
+        found = []
+        for entries in self.layers:
+            if entries.cumulative is not None:
+                found.append(entries.cumulative)
+            if entries.statistics is not None and entries.statistics.total is not None:
+                found += [entries.statistics.count, entries.statistics.total, entries.statistics.outer]
+        return found
+
+    def unfix_shapes(self, steps: int) -> None:
+        """Back to growing records after ``steps`` fixed-shape steps, holding the entries and queries fed."""
+        fixed, self.fixed = self.fixed, None
+        for layer, entries in enumerate(self.layers):
+            end = fixed.lengths[layer] + steps
+
+            def written(tensor: torch.Tensor | None, end: int = end) -> torch.Tensor | None:
+                return None if tensor is None else tensor[..., :end]
+
+            entries.positions = written(entries.positions)
+            entries.producing = {k: written(v) for k, v in entries.producing.items()}
+            entries.next = {k: written(v) for k, v in entries.next.items()}
+            entries.evolution = written(entries.evolution)
+            entries.cumulative = written(entries.cumulative)
+            buffer = fixed.queries.get(layer)
+            if buffer is not None:
+                kept = min(self.window, fixed.held[layer] + steps)
+                entries.queries = buffer[:, :, self.window + steps - kept : self.window + steps]
+
     def append(self, position: torch.Tensor, producing: torch.Tensor, next_logits: torch.Tensor) -> None:
         """Record the entry just fed at ``position`` (R,), produced by logits ``producing`` (R, V)."""
         last = self.outputs.get(len(self.layers) - 1)
@@ -127,17 +223,20 @@ class DecodeTracker:
         following = {topk: topk_entropy(next_logits, topk) for topk in self.topks}
         for index, entries in enumerate(self.layers):
             heads = entries.positions.shape[1]
+            slot = None if self.fixed is None else self.fixed.slot(index)
 
-            def column(values: torch.Tensor, heads: int = heads) -> torch.Tensor:
-                return values[:, None, None].expand(-1, heads, 1)
+            def record(held: torch.Tensor, values: torch.Tensor, heads: int = heads, slot=slot):
+                column = values[:, None, None].expand(-1, heads, 1).to(held.dtype)
+                if slot is None:
+                    return torch.cat([held, column], dim=-1)
+                return held.index_copy_(-1, slot, column)
 
-            entries.positions = torch.cat([entries.positions, column(position)], dim=-1)
+            entries.positions = record(entries.positions, position)
             for topk in self.topks:
-                entries.producing[topk] = torch.cat([entries.producing[topk], column(produced[topk])], dim=-1)
-                entries.next[topk] = torch.cat([entries.next[topk], column(following[topk])], dim=-1)
+                entries.producing[topk] = record(entries.producing[topk], produced[topk])
+                entries.next[topk] = record(entries.next[topk], following[topk])
             if self.evolution:
-                distance = cosine_distance(self.outputs[index], last)
-                entries.evolution = torch.cat([entries.evolution, column(distance)], dim=-1)
+                entries.evolution = record(entries.evolution, cosine_distance(self.outputs[index], last))
         self.outputs.clear()
 
     def append_untracked(self, positions: torch.Tensor) -> None:

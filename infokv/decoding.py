@@ -193,10 +193,10 @@ def decode(
         if tracker.query_statistics:
             hooks.enter_context(prerope_query_hooks(model, tracker.on_queries))
         done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
-        graphs = cuda_graphs and replayable(model, tracker, compressions)
+        graphs = cuda_graphs and replayable(model)
         # Entries are tracked (positions, signals, per-step counts) only for decoding compression.
         tracked = tracking(tracker, compressions)
-        graphed = None
+        graphed, held = None, []
         for generated in range(1, max_new_tokens + 1):
             token = sampler(logits)
             for row, value, idle in zip(batch.active, token.tolist(), done.tolist(), strict=True):
@@ -213,10 +213,21 @@ def decode(
                 if graphed is None or graphed.done == graphed.steps:
                     if graphed is not None:
                         batch.state = graphed.release()
-                    steps = min(GRAPH_STEPS, max_new_tokens - generated)
-                    graphed = GraphedDecoder(model, batch.state, batch.positions, steps)
-                logits = graphed(token)
+                    remaining = max_new_tokens - generated
+                    steps = min(GRAPH_STEPS, remaining, _steps_to_compression(compressions, generated))
+                    # Every fixed-shape step adds one entry per layer to every row.
+                    held = batch.state.valid_counts().amax(dim=0).tolist() if tracked else []
+                    graphed = GraphedDecoder(
+                        model, batch.state, batch.positions, steps, None, tracker if tracked else None, logits
+                    )
+                producing = sampler.distribution(logits) if tracked else None
+                logits = graphed(token, producing)
                 batch.positions = batch.positions + 1
+                if tracked:
+                    _record_counts(batch, stats, [count + graphed.done for count in held], done)
+                    if _due(batch, compressions, generated):
+                        batch.state, graphed = graphed.release(), None
+                        _maybe_compress(batch, tracker, compressions, generated, stats, rotary, done)
                 continue
             if 2 * int(done.sum()) >= len(done):
                 keep = ~done
@@ -258,19 +269,42 @@ def tracking(tracker: DecodeTracker, compressions: Sequence) -> bool:
     return tracker.collects or any(compression is not None for compression in compressions)
 
 
-def replayable(model: PreTrainedModel, tracker: DecodeTracker, compressions: Sequence) -> bool:
-    """Whether steps can replay a captured CUDA graph: on CUDA, with no entries to track."""
-    return model.device.type == "cuda" and not tracking(tracker, compressions)
+def replayable(model: PreTrainedModel) -> bool:
+    """Whether steps can replay a captured CUDA graph: on CUDA."""
+    return model.device.type == "cuda"
+
+
+def _steps_to_compression(compressions: Sequence[DecodeCompression | None], generated: int) -> int:
+    """Steps from step ``generated`` up to and including the next one after which some group compresses."""
+    intervals = [compression.every for compression in compressions if compression is not None]
+    return min((-generated % every + 1 for every in intervals), default=GRAPH_STEPS)
 
 
 def _record_entries(batch: DecodeBatch, stats: list[RowStats], done: torch.Tensor | None = None) -> None:
-    entries = batch.state.valid_counts().amax(dim=0).tolist()
+    _record_counts(batch, stats, batch.state.valid_counts().amax(dim=0).tolist(), done)
+
+
+def _record_counts(
+    batch: DecodeBatch, stats: list[RowStats], entries: list[int], done: torch.Tensor | None = None
+) -> None:
+    """Peak and current cache entries of the rows still generating, from their entry counts now."""
     idle = [False] * len(entries) if done is None else done.tolist()
     for row, count, row_idle in zip(batch.active, entries, idle, strict=True):
         if row_idle:
             continue
         stats[row].peak_entries = max(stats[row].peak_entries, int(count))
         stats[row].final_entries = int(count)
+
+
+def _due(
+    batch: DecodeBatch, compressions: Sequence[DecodeCompression | None], generated: int
+) -> list[tuple[int, slice]]:
+    """(group, rows) of the groups that compress after step ``generated``."""
+    return [
+        (group, rows)
+        for group, rows in batch.group_slices()
+        if compressions[group] is not None and generated % compressions[group].every == 0
+    ]
 
 
 def _maybe_compress(
@@ -282,11 +316,7 @@ def _maybe_compress(
     rotary,
     done: torch.Tensor,
 ) -> None:
-    due = [
-        (group, rows)
-        for group, rows in batch.group_slices()
-        if compressions[group] is not None and generated % compressions[group].every == 0
-    ]
+    due = _due(batch, compressions, generated)
     if not due:
         return
     before = batch.state.valid_counts().amax(dim=0).tolist()

@@ -117,9 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-tokens", type=int, default=32768, help="prompt length of the sweep part")
     parser.add_argument("--sweep-new-tokens", type=int, default=64)
     parser.add_argument("--scenario-prompt", type=int, default=1024)
-    parser.add_argument(
-        "--scenario-tokens", type=int, default=2080, help="new tokens (paper: 16384; 2080 = 2 compressions)"
-    )
+    parser.add_argument("--scenario-tokens", type=int, default=16384, help="new tokens (issue 7: 16K)")
     parser.add_argument("--compress-every", type=int, default=1024)
     parser.add_argument("--kvpress-lengths", type=int, nargs="+", help="default: --lengths")
     parser.add_argument("--kvpress-wheels", type=Path, default=ROOT / ".whl-kvpress")
@@ -471,6 +469,7 @@ class Bench:
                         "x",
                     )
                 )
+            bench_common.write_rows(args.csv, self.rows)  # a call cut short keeps the runs done
             print(
                 f"scenario {name}: {new} tokens in {seconds[name]:.1f} s, "
                 f"{stats['compression_events']} compressions, peak {stats['peak_cache_entries']} entries",

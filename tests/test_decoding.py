@@ -9,7 +9,7 @@ import pytest
 import torch
 from reference import Reference
 
-from infokv import generate, generate_sweep, methods
+from infokv import decoding, generate, generate_sweep, methods
 from infokv.engine import REASONING_PROTOCOL
 from infokv.signals.entropy import topk_entropy
 
@@ -149,9 +149,15 @@ def test_reasoning_protocol_sampling_is_reproducible_with_distinct_seeds(llama, 
     assert len({tuple(c.token_ids) for c in first}) > 1
 
 
-def test_decoded_entropy_and_evolution_match_a_full_recomputation(llama, tokenizer):
-    """Signals gathered step by step equal those of one float64 pass over prompt + generation."""
+@pytest.mark.parametrize("replayed", [False, True])
+def test_decoded_entropy_and_evolution_match_a_full_recomputation(llama, tokenizer, monkeypatch, replayed):
+    """Signals gathered step by step (eagerly, or by fixed-shape steps as replayed on CUDA) equal those of
+    one float64 pass over prompt + generation."""
     from infokv.decode_signals import DecodeTracker
+
+    if replayed:
+        monkeypatch.setattr(decoding, "replayable", lambda *args: True)
+        monkeypatch.setattr(decoding, "GRAPH_STEPS", 16)
 
     captured: dict = {}
     original = DecodeTracker.append

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from tiny import tiny_model
 
-from infokv import decoding, generate, generate_sweep
+from infokv import decoding, generate, generate_sweep, methods
 from infokv.cache import MAX_PREFIX_GROUPS, ValidPrefix, valid_prefix
 from infokv.capture import prefill
 from infokv.engine import forward_tokens, left_pad
@@ -66,6 +69,28 @@ def test_replayed_decoding_gives_the_same_completions_and_stats(llama, tokenizer
     assert [c.token_ids for c in again] == [c.token_ids for c in sampled]
 
 
+@pytest.mark.parametrize("name", methods.available("decode")[1:])
+def test_replayed_tracked_decoding_matches_the_eager_loop(llama, tokenizer, monkeypatch, name):
+    """Compression while decoding, with fixed-shape steps recording each entry's signals: the same tokens,
+    compressions and cache counts as the eager loop, in a sweep whose groups compress (or not) at their
+    own steps, with one row stopping early (it idles here; in the eager loop rows leave the batch)."""
+    settings = [("full", 1.0, name, 0.25), ("snapkv", 0.5, name, 0.5), ("full", 1.0)]
+    options = dict(compress_every=24, max_new_tokens=90, temperature=1.0, seed=5)
+    free = generate_sweep(llama, tokenizer, PROMPTS, settings, stop_at_eos=False, **options)
+    stopping = copy.deepcopy(llama)
+    stopping.generation_config.eos_token_id = [free[0][0].token_ids[40]]
+    expected = generate_sweep(stopping, tokenizer, PROMPTS, settings, **options)
+    monkeypatch.setattr(decoding, "replayable", lambda *args: True)
+    monkeypatch.setattr(decoding, "GRAPH_STEPS", 16)  # captures end at compressions and every 16 steps
+    got = generate_sweep(stopping, tokenizer, PROMPTS, settings, **options)
+    assert len(expected[0][0].token_ids) <= 41 < 90
+    keys = ("compressions", "compression_events", "peak_cache_entries", "final_cache_entries", "kept_tokens")
+    for before, after in zip(expected, got, strict=True):
+        assert [c.token_ids for c in after] == [c.token_ids for c in before]
+        for key in keys:
+            assert [c.stats[key] for c in after] == [c.stats[key] for c in before], key
+
+
 def test_cuda_graphs_false_keeps_the_eager_loop(llama, tokenizer, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a fixed-shape decoder was built with cuda_graphs=False")
@@ -89,3 +114,26 @@ def test_valid_prefix_groups_rows_by_the_start_of_their_valid_run():
     assert valid_prefix(run([0, 6]), 2, 6) is None  # a row with no valid entry
     many = run(list(range(MAX_PREFIX_GROUPS + 1)), MAX_PREFIX_GROUPS + 2)
     assert valid_prefix(many, MAX_PREFIX_GROUPS + 1, MAX_PREFIX_GROUPS + 2) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["h2o", "expected_attention", "infokv", "rpc"])
+def test_captured_tracked_steps_on_cuda_match_the_eager_loop(tokenizer, monkeypatch, name):
+    """On CUDA, compression while decoding replays captured tracked steps: same tokens and compressions."""
+    model = tiny_model("llama").to("cuda")
+    options = dict(decode_method=name, decode_ratio=0.25, compress_every=24, max_new_tokens=90)
+    options |= dict(stop_at_eos=False, temperature=1.0, seed=5)
+    eager = generate(model, tokenizer, PROMPTS, "snapkv", 0.5, cuda_graphs=False, **options)
+    built = []
+
+    class Recorded(GraphedDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.graph is not None and self.tracker is not None)
+
+    monkeypatch.setattr(decoding, "GraphedDecoder", Recorded)
+    replayed = generate(model, tokenizer, PROMPTS, "snapkv", 0.5, **options)
+    assert built and all(built)
+    assert [c.token_ids for c in replayed] == [c.token_ids for c in eager]
+    for key in ("compressions", "peak_cache_entries", "final_cache_entries"):
+        assert [c.stats[key] for c in replayed] == [c.stats[key] for c in eager], key

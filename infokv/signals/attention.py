@@ -111,6 +111,23 @@ def attention_column_sums(
     return blockwise_attention(query, key, None, valid, scaling)[1]
 
 
+def new_query_column_sums(
+    query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """softmax_i(q·k_i·s) (B, H_q, k) of one new query per row over the valid keys (None: all).
+
+    The query's own entry is already among the keys, in whichever slot it was written, so no causal
+    mask applies: this is the decoding step's share of H2O's cumulative attention, with fixed shapes.
+    """
+    batch, query_heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, 1, dim)
+    logits = _grouped_product(grouped, key).float() * scaling
+    if valid is not None:
+        logits = logits.masked_fill(~valid[:, None, None, None, :], float("-inf"))
+    return logits.softmax(-1).reshape(batch, query_heads, key.shape[2])
+
+
 def pool_positions(scores: torch.Tensor, pooling: str, kernel: int) -> torch.Tensor:
     """1-D pooling of (B, H, T) scores over positions, stride 1, same length."""
     if pooling == "none" or kernel <= 1:

@@ -28,8 +28,10 @@ class QueryStatistics:
         count = weights.sum(dim=1)
         if self.total is None:
             self.count, self.total, self.outer = count, total, outer
-        else:
-            self.count, self.total, self.outer = self.count + count, self.total + total, self.outer + outer
+        else:  # in place, so that a captured decoding step accumulates into the same tensors on replay
+            self.count.add_(count)
+            self.total.add_(total)
+            self.outer.add_(outer)
 
     def mean_and_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
         """μ (B, H, d) and Σ (B, H, d, d)."""

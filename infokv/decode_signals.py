@@ -23,7 +23,7 @@ from infokv.capture import Captured
 from infokv.methods.base import Requirement
 from infokv.signals.attention import new_query_column_sums
 from infokv.signals.entropy import align_to_tokens, topk_entropy
-from infokv.signals.evolution import cosine_distance
+from infokv.signals.evolution import distance_to_unit, unit
 from infokv.signals.query_statistics import QueryStatistics
 
 
@@ -89,10 +89,25 @@ class FixedSlots:
     step: torch.Tensor
     lengths: list[int]
     held: list[int]
+    window: int
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    slots: torch.Tensor | None = None
+    """(L + 1,) this step's slot in every layer, then its window-query slot (:meth:`begin_step`)."""
+    offsets: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Made here, not in a captured step (a host-to-device copy cannot be captured).
+        self.offsets = torch.tensor([*self.lengths, self.window], device=self.step.device)
+
+    def begin_step(self) -> None:
+        """Compute this step's slots from ``step``: one kernel, not one per layer."""
+        self.slots = self.step + self.offsets
 
     def slot(self, layer: int) -> torch.Tensor:
-        return (self.step + self.lengths[layer]).reshape(1)
+        return self.slots[layer : layer + 1]
+
+    def query_slot(self) -> torch.Tensor:
+        return self.slots[-1:]
 
 
 class DecodeTracker:
@@ -140,8 +155,7 @@ class DecodeTracker:
 
     def _buffer_query(self, layer: int, query: torch.Tensor) -> None:
         """Fixed-shape mode: the step's query to slot ``window + step`` of the layer's buffer."""
-        fixed = self.fixed
-        fixed.queries[layer].index_copy_(2, (fixed.step + self.window).reshape(1), query)
+        self.fixed.queries[layer].index_copy_(2, self.fixed.query_slot(), query)
 
     def on_layer_output(self, layer: int, hidden: torch.Tensor) -> None:
         self.outputs[layer] = hidden[:, -1]
@@ -157,7 +171,7 @@ class DecodeTracker:
         query buffers are shaped after the (R, H_kv, K, d) ``keys``, with ``query_heads`` heads."""
         lengths = [entries.positions.shape[-1] for entries in self.layers]
         held = [0 if entries.queries is None else entries.queries.shape[2] for entries in self.layers]
-        self.fixed = FixedSlots(steps, step, lengths, held)
+        self.fixed = FixedSlots(steps, step, lengths, held, self.window)
         for layer, entries in enumerate(self.layers):
 
             def room(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -216,9 +230,16 @@ class DecodeTracker:
                 kept = min(self.window, fixed.held[layer] + steps)
                 entries.queries = buffer[:, :, self.window + steps - kept : self.window + steps]
 
+    def begin_step(self) -> None:
+        """Before a fixed-shape step's forward pass: where its entries go."""
+        self.fixed.begin_step()
+
     def append(self, position: torch.Tensor, producing: torch.Tensor, next_logits: torch.Tensor) -> None:
         """Record the entry just fed at ``position`` (R,), produced by logits ``producing`` (R, V)."""
-        last = self.outputs.get(len(self.layers) - 1)
+        if self.evolution:  # all layers at once: (L, R)
+            final = unit(self.outputs[len(self.layers) - 1])
+            outputs = torch.stack([self.outputs[index] for index in range(len(self.layers))])
+            distances = distance_to_unit(outputs, final)
         produced = {topk: topk_entropy(producing, topk) for topk in self.topks}
         following = {topk: topk_entropy(next_logits, topk) for topk in self.topks}
         for index, entries in enumerate(self.layers):
@@ -236,7 +257,7 @@ class DecodeTracker:
                 entries.producing[topk] = record(entries.producing[topk], produced[topk])
                 entries.next[topk] = record(entries.next[topk], following[topk])
             if self.evolution:
-                entries.evolution = record(entries.evolution, cosine_distance(self.outputs[index], last))
+                entries.evolution = record(entries.evolution, distances[index])
         self.outputs.clear()
 
     def append_untracked(self, positions: torch.Tensor) -> None:

@@ -60,7 +60,10 @@ class GraphedDecoder:
 
     def _forward(self) -> torch.Tensor:
         tracker = self.tracker
-        on_attention = tracker.on_attention if tracker is not None and tracker.needs_attention else None
+        on_attention = None
+        if tracker is not None:
+            tracker.begin_step()
+            on_attention = tracker.on_attention if tracker.needs_attention else None
         hidden = forward_hidden(self.model, self.state, self.tokens, self.positions, None, on_attention)
         logits = self.to_logits(hidden[:, -1]).float()
         if tracker is not None:

@@ -118,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-new-tokens", type=int, default=64)
     parser.add_argument("--scenario-prompt", type=int, default=1024)
     parser.add_argument("--scenario-tokens", type=int, default=16384, help="new tokens (issue 7: 16K)")
+    parser.add_argument(
+        "--scenario-methods",
+        nargs="+",
+        default=["full", "rpc", "infokv"],
+        choices=methods.available("decode"),
+        help="full = no decoding compression; overheads are against the full run of the same call",
+    )
     parser.add_argument("--compress-every", type=int, default=1024)
     parser.add_argument("--kvpress-lengths", type=int, nargs="+", help="default: --lengths")
     parser.add_argument("--kvpress-wheels", type=Path, default=ROOT / ".whl-kvpress")
@@ -404,8 +411,8 @@ class Bench:
         tokenizer = word_tokenizer(self.config.vocab_size)
         text = " ".join(f"t{i}" for i in bench_common.prompt_ids(args.scenario_prompt)[0].tolist())
         seconds = {}
-        for decode_method in (None, "rpc", "infokv"):
-            name = decode_method or "full"
+        for name in args.scenario_methods:
+            decode_method = None if name == "full" else name
             options = {"stop_at_eos": False, "decode_method": decode_method, "decode_ratio": 0.25}
             generate(
                 self.model, tokenizer, [text], "full", 1.0, max_new_tokens=40, compress_every=16, **options
@@ -457,7 +464,7 @@ class Bench:
                     "tokens",
                 ),
             )
-            if name != "full":
+            if name != "full" and "full" in seconds:
                 self.add(
                     Row(
                         name,

@@ -25,7 +25,3 @@ def distance_to_unit(hidden: torch.Tensor, final_unit: torch.Tensor) -> torch.Te
     norm = torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32).clamp_min(EPS)
     return 1.0 - dot / norm
 
-
-def cosine_distance(hidden: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
-    """1 − cos between (…, hidden) states, computed in fp32: (…,)."""
-    return distance_to_unit(hidden, unit(final))

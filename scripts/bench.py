@@ -23,8 +23,10 @@ Parts (``--parts``; all by default):
   not fit): tokens/s (floor: batch / ((weights + KV bytes read) / copy bandwidth)).
 * ``sweep``: ``generate_sweep`` over every method × budget on one prompt vs ``generate`` with the
   full cache, same prompt and new tokens (issue 7: ≤ 1.5×).
-* ``scenario``: the decoding scenario — ``generate`` with decoding compression (rpc and infokv at
-  ratio 0.25, ``compress_every``) vs the full cache over ``--scenario-tokens`` new tokens.
+* ``scenario``: the decoding scenario — ``generate`` with decoding compression (``--scenario-methods``;
+  rpc and infokv at ratio 0.25, every ``--compress-every`` tokens) vs the full cache over
+  ``--scenario-tokens`` new tokens (16K) after a ``--scenario-prompt``-token prompt, batch 1. Every
+  run replays captured CUDA graphs between compressions (:mod:`infokv.graphed_decode`).
 * ``kvpress``: kvpress 0.5.5's SnapKV, StreamingLLM, PyramidKV and ExpectedAttention presses in a
   separate process with their own transformers (``scripts/bench_kvpress.py``; wheels from
   ``make bench-wheels``, installed with pip into ``--kvpress-site``).
@@ -40,10 +42,8 @@ and 64K from a second on the same code (``--parts ceilings prefill decode kvpres
 65536 --kvpress-lengths 8192 65536 --methods full snapkv infokv h2o --repeats 2``), and their
 prefill at 128K from a third (``--parts prefill --lengths 131072 --methods full snapkv infokv h2o
 --repeats 1``: 11.6 s for the full cache; snapkv 1.01×, infokv 1.04×, h2o 1.43×). The decoding
-scenario's rows are carried from an earlier session's call (``--parts ceilings kvpress sweep scenario
---repeats 2`` on commit 455a82c), which predates graph replay: the full-cache run there decoded step
-by step, as its rpc and infokv runs, which compress while decoding, still do. Ceiling rows come
-from the 32K call: matmul 746 TFLOP/s, copy 4.19 TB/s. At 32K tokens, 20% budget:
+scenario's rows come from a fourth call (``--parts scenario --scenario-methods full infokv rpc``).
+Ceiling rows come from the 32K call: matmul 746 TFLOP/s, copy 4.19 TB/s. At 32K tokens, 20% budget:
 
 * full-cache prefill (chunks of 4096) 1.46 s; floor 0.99 s; kvpress's unchunked prefill 1.36 s.
   Full chunks run on cuDNN's attention kernel (:mod:`infokv.causal_attention`); with
@@ -68,9 +68,12 @@ from the 32K call: matmul 746 TFLOP/s, copy 4.19 TB/s. At 32K tokens, 20% budget
   their entries, measured 1.57×. Phases as the engine's host clock sees them
   (the device's queue makes the split approximate): prefill 1.81 s, compression 0.24 s, decode
   1.07 s (full: 1.34, 0.18 and 0.83 s).
-* decoding scenario (earlier call, before graph replay; 1024-token prompt, 2080 new tokens,
-  compress_every 1024, ratio 0.25): rpc −8% and infokv +7% wall time against the full cache. Not yet
-  re-measured over the issue's 16K-token generation.
+* decoding scenario (1024-token prompt, 16384 new tokens, compress_every 1024, ratio 0.25, batch 1):
+  full cache 169.8 s (96.5 tokens/s; peak 17407 entries); rpc 171.8 s, +1.2%, and infokv 180.3 s,
+  +6.2%, each with 15 compressions and a peak under 5920 entries. Their steps record every entry's
+  signals inside the captured graph (:meth:`infokv.decode_signals.DecodeTracker.fix_shapes`);
+  infokv's extra time is its two top-256 entropies over the 128K vocabulary and its per-layer
+  evolution records at every step.
 
     python scripts/bench.py                        # everything, about 15 min on an H200
     python scripts/bench.py --parts ceilings prefill decode --lengths 8192 32768

@@ -42,7 +42,9 @@ and 64K from a second on the same code (``--parts ceilings prefill decode kvpres
 65536 --kvpress-lengths 8192 65536 --methods full snapkv infokv h2o --repeats 2``), and their
 prefill at 128K from a third (``--parts prefill --lengths 131072 --methods full snapkv infokv h2o
 --repeats 1``: 11.6 s for the full cache; snapkv 1.01×, infokv 1.04×, h2o 1.43×). The decoding
-scenario's rows come from a fourth call (``--parts scenario --scenario-methods full infokv rpc``).
+scenario's rows come from a fourth call (``--parts scenario --scenario-methods full infokv rpc``), made
+a session later, once compression while decoding replayed graphs; the other parts never compress while
+decoding, so their paths did not change in between.
 Ceiling rows come from the 32K call: matmul 746 TFLOP/s, copy 4.19 TB/s. At 32K tokens, 20% budget:
 
 * full-cache prefill (chunks of 4096) 1.46 s; floor 0.99 s; kvpress's unchunked prefill 1.36 s.

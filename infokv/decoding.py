@@ -6,7 +6,9 @@ entries, and the best-scoring generated entries up to ``⌈ratio · generated⌉
 ``decode_target``). Between compressions the cache grows by one entry per step, so it never
 holds more than prompt + target + ``every`` entries per head. Rows that stop idle in the batch
 (their tokens are discarded) until they are half of it, then leave it together: each departure
-copies the whole cache, which costs more than decoding a few idle rows.
+copies the whole cache, which costs more than decoding a few idle rows. On CUDA the steps between
+compressions replay captured graphs (:mod:`infokv.graphed_decode`), recording each entry's signals in
+fixed-shape slots; there finished rows idle until every row is done.
 """
 
 from __future__ import annotations

@@ -344,8 +344,8 @@ def generate_sweep(
 
     Each batch of prompts is prefilled once; every setting compresses the same full cache and all
     settings decode together. ``samples`` > 1 draws that many completions per prompt, sample i
-    with seed ``seed + i`` (or ``seed[prompt] + i``). ``cuda_graphs`` lets decoding steps that compress
-    nothing replay a captured CUDA graph (:mod:`infokv.graphed_decode`; no effect off CUDA).
+    with seed ``seed + i`` (or ``seed[prompt] + i``). ``cuda_graphs`` lets decoding steps replay a captured
+    CUDA graph between compressions (:mod:`infokv.graphed_decode`; no effect off CUDA).
     """
     resolved = build_settings(settings, compress_every, compress_prompt)
     tokenized = tokenize(tokenizer, prompts, compress)

@@ -73,8 +73,9 @@ def test_replayed_decoding_gives_the_same_completions_and_stats(llama, tokenizer
 def test_replayed_tracked_decoding_matches_the_eager_loop(llama, tokenizer, monkeypatch, name):
     """Compression while decoding, with fixed-shape steps recording each entry's signals: the same tokens,
     compressions and cache counts as the eager loop, in a sweep whose groups compress (or not) at their
-    own steps, with one row stopping early (it idles here; in the eager loop rows leave the batch)."""
-    settings = [("full", 1.0, name, 0.25), ("snapkv", 0.5, name, 0.5), ("full", 1.0)]
+    own steps, one over layers of different lengths (PyramidKV), with one row stopping early (it idles
+    here; in the eager loop rows leave the batch)."""
+    settings = [("full", 1.0, name, 0.25), ("pyramidkv", 0.5, name, 0.5), ("full", 1.0)]
     options = dict(compress_every=24, max_new_tokens=90, temperature=1.0, seed=5)
     free = generate_sweep(llama, tokenizer, PROMPTS, settings, stop_at_eos=False, **options)
     stopping = copy.deepcopy(llama)

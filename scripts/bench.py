@@ -712,13 +712,13 @@ def _against_length(axis, ylabel: str, title: str) -> None:
 
 
 def plot(rows: list[Row], path: Path) -> None:
-    """Four panels: prefill latency vs length, ratio to full at 32K, decode tokens/s, memory."""
+    """Prefill latency vs length, ratio to full at 32K, the decoding scenario, decode tokens/s, memory."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(2, 2, figsize=(14, 10))
+    figure, axes = plt.subplots(2, 3, figsize=(20, 10))
     lengths = sorted({r.prompt_tokens for r in rows if r.metric == "prefill_compress_seconds"})
     names = sorted({r.method for r in rows if r.metric == "prefill_compress_seconds"})
 
@@ -762,6 +762,9 @@ def plot(rows: list[Row], path: Path) -> None:
     axis.set(xlabel="× full-cache prefill (ours)", title=f"prefill + compression at {at} tokens")
     axis.tick_params(axis="y", labelsize=7)
 
+    _scenario_panel(axes[0, 2], rows)
+    axes[1, 2].axis("off")
+
     axis = axes[1, 0]
     for name in sorted({r.method for r in rows if r.metric == "decode_tokens_per_second"}):
         for batch, style in ((1, "-"), (16, "--")):
@@ -801,6 +804,26 @@ def plot(rows: list[Row], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     print(f"wrote {path}")
+
+
+def _scenario_panel(axis, rows: list[Row]) -> None:
+    """Tokens/s of the decoding scenario's runs, each labelled with its wall time against the full cache's."""
+    runs = [r for r in rows if r.metric == "scenario_tokens_per_second"]
+    overhead = {r.method: r.value for r in rows if r.metric == "scenario_overhead_vs_full"}
+    if not runs:
+        axis.set_title("decoding scenario: not measured")
+        return
+    colors = ["C7" if r.method == "full" else "C0" for r in runs]
+    bars = axis.bar([f"{r.method}@{r.budget}" for r in runs], [r.value for r in runs], color=colors)
+    for bar, run in zip(bars, runs, strict=True):
+        note = f"{overhead[run.method]:+.1%} time" if run.method in overhead else "reference"
+        axis.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    seconds = _value(rows, metric="scenario_seconds", method=runs[0].method)
+    generated = f", {runs[0].value * seconds:.0f} new" if seconds else ""
+    axis.set(
+        ylabel="tokens/s (batch 1)",
+        title=f"decoding scenario ({runs[0].prompt_tokens}-token prompt{generated})",
+    )
 
 
 if __name__ == "__main__":

@@ -215,13 +215,9 @@ def decode(
                 if graphed is None or graphed.done == graphed.steps:
                     if graphed is not None:
                         batch.state = graphed.release()
-                    remaining = max_new_tokens - generated
-                    steps = min(GRAPH_STEPS, remaining, _steps_to_compression(compressions, generated))
-                    # Every fixed-shape step adds one entry per layer to every row.
-                    held = batch.state.valid_counts().amax(dim=0).tolist() if tracked else []
-                    graphed = GraphedDecoder(
-                        model, batch.state, batch.positions, steps, None, tracker if tracked else None, logits
-                    )
+                    steps = min(max_new_tokens - generated, _steps_to_compression(compressions, generated))
+                    recorder = tracker if tracked else None
+                    graphed, held = _fixed_shape_decoder(model, batch, recorder, steps, logits)
                 producing = sampler.distribution(logits) if tracked else None
                 logits = graphed(token, producing)
                 batch.positions = batch.positions + 1
@@ -276,8 +272,24 @@ def replayable(model: PreTrainedModel) -> bool:
     return model.device.type == "cuda"
 
 
+def _fixed_shape_decoder(
+    model: PreTrainedModel,
+    batch: DecodeBatch,
+    tracker: DecodeTracker | None,
+    steps: int,
+    logits: torch.Tensor,
+) -> tuple[GraphedDecoder, list[int]]:
+    """A decoder for the next ``steps`` steps (at most :data:`GRAPH_STEPS`) of ``batch``, recording signals in
+    ``tracker`` if given, and each row's cache entries before them (every step adds one per layer and row)."""
+    held = batch.state.valid_counts().amax(dim=0).tolist() if tracker is not None else []
+    steps = min(GRAPH_STEPS, steps)
+    decoder = GraphedDecoder(model, batch.state, batch.positions, steps, tracker=tracker, logits=logits)
+    return decoder, held
+
+
 def _steps_to_compression(compressions: Sequence[DecodeCompression | None], generated: int) -> int:
-    """Steps from step ``generated`` up to and including the next one after which some group compresses."""
+    """Steps from step ``generated`` up to and including the next one after which some group compresses
+    (:data:`GRAPH_STEPS` when none ever does)."""
     intervals = [compression.every for compression in compressions if compression is not None]
     return min((-generated % every + 1 for every in intervals), default=GRAPH_STEPS)
 

@@ -14,6 +14,7 @@ accumulators are updated in place, so a tracked step can be captured once and re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +61,17 @@ class LayerEntries:
             queries=pick(self.queries),
             statistics=statistics,
         )
+
+    def map_entries(self, function: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace each tensor indexed by entry along its last dimension (positions, entropies, evolution,
+        cumulative attention) by ``function`` of it."""
+        self.positions = function(self.positions)
+        self.producing = {k: function(v) for k, v in self.producing.items()}
+        self.next = {k: function(v) for k, v in self.next.items()}
+        if self.evolution is not None:
+            self.evolution = function(self.evolution)
+        if self.cumulative is not None:
+            self.cumulative = function(self.cumulative)
 
     def gather(self, rows: torch.Tensor, indices: torch.Tensor) -> LayerEntries:
         """Rows ``rows`` and per-head entries ``indices`` (R', H_kv, K')."""
@@ -173,15 +185,7 @@ class DecodeTracker:
         held = [0 if entries.queries is None else entries.queries.shape[2] for entries in self.layers]
         self.fixed = FixedSlots(steps, step, lengths, held, self.window)
         for layer, entries in enumerate(self.layers):
-
-            def room(tensor: torch.Tensor | None) -> torch.Tensor | None:
-                return None if tensor is None else torch.nn.functional.pad(tensor, (0, steps))
-
-            entries.positions = room(entries.positions)
-            entries.producing = {k: room(v) for k, v in entries.producing.items()}
-            entries.next = {k: room(v) for k, v in entries.next.items()}
-            entries.evolution = room(entries.evolution)
-            entries.cumulative = room(entries.cumulative)
+            entries.map_entries(lambda tensor: torch.nn.functional.pad(tensor, (0, steps)))
             if self.window > 0:
                 rows, dim = keys.shape[0], keys.shape[-1]
                 buffer = keys.new_zeros(rows, query_heads, self.window + steps, dim)
@@ -216,15 +220,7 @@ class DecodeTracker:
         fixed, self.fixed = self.fixed, None
         for layer, entries in enumerate(self.layers):
             end = fixed.lengths[layer] + steps
-
-            def written(tensor: torch.Tensor | None, end: int = end) -> torch.Tensor | None:
-                return None if tensor is None else tensor[..., :end]
-
-            entries.positions = written(entries.positions)
-            entries.producing = {k: written(v) for k, v in entries.producing.items()}
-            entries.next = {k: written(v) for k, v in entries.next.items()}
-            entries.evolution = written(entries.evolution)
-            entries.cumulative = written(entries.cumulative)
+            entries.map_entries(lambda tensor, end=end: tensor[..., :end])
             buffer = fixed.queries.get(layer)
             if buffer is not None:
                 kept = min(self.window, fixed.held[layer] + steps)

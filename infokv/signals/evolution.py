@@ -24,4 +24,3 @@ def distance_to_unit(hidden: torch.Tensor, final_unit: torch.Tensor) -> torch.Te
     dot = torch.mul(hidden, final_unit).sum(dim=-1)
     norm = torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32).clamp_min(EPS)
     return 1.0 - dot / norm
-

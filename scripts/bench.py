@@ -44,7 +44,12 @@ prefill at 128K from a third (``--parts prefill --lengths 131072 --methods full 
 --repeats 1``: 11.6 s for the full cache; snapkv 1.01×, infokv 1.04×, h2o 1.43×). The decoding
 scenario's rows come from a fourth call (``--parts scenario --scenario-methods full infokv rpc``), made
 a session later, once compression while decoding replayed graphs; the other parts never compress while
-decoding, so their paths did not change in between.
+decoding, so their paths did not change in between. Streamingllm, pyramidkv and expected_attention at
+8K, 64K and 128K come from a fifth and sixth call, a session after that (``--parts prefill decode
+--lengths 8192 65536 --methods full streamingllm pyramidkv expected_attention --repeats 2`` and
+``--parts prefill --lengths 131072 --methods full streamingllm pyramidkv expected_attention
+--repeats 1``); their ratios are to the full cache of their own call, whose prefill and decode
+reproduced the second and third calls' within 2.5% (full prefill 11.76 s at 128K).
 Ceiling rows come from the 32K call: matmul 746 TFLOP/s, copy 4.19 TB/s. At 32K tokens, 20% budget:
 
 * full-cache prefill (chunks of 4096) 1.46 s; floor 0.99 s; kvpress's unchunked prefill 1.36 s.
@@ -53,8 +58,10 @@ Ceiling rows come from the 32K call: matmul 746 TFLOP/s, copy 4.19 TB/s. At 32K 
 * prefill + compression / full, nothing waiting for the device in between: streamingllm 1.02,
   snapkv 1.02 (target ≤ 1.05: met), pyramidkv 1.02, expected_attention 1.10, infokv 1.08 (target
   ≤ 1.10: met), h2o 1.22 (target ≤ 1.6: met, with the fused flash + Triton column sums of
-  :mod:`infokv.signals.fused_attention`). At 64K: snapkv 1.01, infokv 1.06, h2o 1.32; at 8K, where
-  a prefill takes 0.26 s and the host-side compression step weighs more: 1.13, 1.23 and 1.16.
+  :mod:`infokv.signals.fused_attention`). At 64K: snapkv 1.01, infokv 1.06, h2o 1.32,
+  streamingllm 1.01, pyramidkv 1.01, expected_attention 1.07; at 8K, where a prefill takes 0.26 s
+  and the host-side compression step weighs more: 1.13, 1.23, 1.16, 1.07, 1.19 and 1.29; at 128K
+  streamingllm 1.00, pyramidkv 1.01, expected_attention 1.04.
 * our snapkv, unchunked like kvpress (``unchunked_prefill_compress_seconds``), 1.38 s vs kvpress
   snapkv 1.41 s: 0.98× (target ≤ 1.0: met; 0.98× at 64K too, 1.06× at 8K).
 * infokv's signals add 0.24× the full KV bytes to the prefill's peak (target ≤ 0.25: met): the
@@ -721,6 +728,12 @@ def plot(rows: list[Row], path: Path) -> None:
     figure, axes = plt.subplots(2, 3, figsize=(20, 10))
     lengths = sorted({r.prompt_tokens for r in rows if r.metric == "prefill_compress_seconds"})
     names = sorted({r.method for r in rows if r.metric == "prefill_compress_seconds"})
+    bases = sorted({name.removeprefix("kvpress:") for name in names})
+
+    def color(name: str) -> str:
+        """One colour per method, ours and kvpress's alike (kvpress's lines are dashed)."""
+        base = name.removeprefix("kvpress:")
+        return f"C{bases.index(base) % 10}" if base in bases else "k"
 
     def series(name: str, metric: str, budget: str, batch: int = 1):
         points = [
@@ -738,7 +751,8 @@ def plot(rows: list[Row], path: Path) -> None:
         points = series(name, "prefill_compress_seconds", "0.2")
         if points:
             style = "--" if name.startswith("kvpress") else "-"
-            axis.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=name)
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            axis.plot(xs, ys, style, color=color(name), marker="o", label=name)
     floor = series("full", "prefill_compress_seconds", "0.2")
     if floor:
         axis.plot([p[0] for p in floor], [p[2] for p in floor], "k:", label="floor (FLOPs / matmul rate)")
@@ -774,6 +788,7 @@ def plot(rows: list[Row], path: Path) -> None:
                     [p[0] for p in points],
                     [p[1] for p in points],
                     style,
+                    color=color(name),
                     marker="o",
                     label=f"{name} b{batch}",
                 )

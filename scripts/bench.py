@@ -39,17 +39,16 @@ results/figures/bench_gpu.png). The device time of one session did not fit every
 so the CSV joins calls of this script: everything at 32K from one call (``--parts ceilings prefill
 decode kvpress sweep --lengths 32768 --kvpress-lengths 32768``); full, snapkv, infokv and h2o at 8K
 and 64K from a second on the same code (``--parts ceilings prefill decode kvpress --lengths 8192
-65536 --kvpress-lengths 8192 65536 --methods full snapkv infokv h2o --repeats 2``), and their
-prefill at 128K from a third (``--parts prefill --lengths 131072 --methods full snapkv infokv h2o
---repeats 1``: 11.6 s for the full cache; snapkv 1.01×, infokv 1.04×, h2o 1.43×). The decoding
-scenario's rows come from a fourth call (``--parts scenario --scenario-methods full infokv rpc``), made
+65536 --kvpress-lengths 8192 65536 --methods full snapkv infokv h2o --repeats 2``). The decoding
+scenario's rows come from a third call (``--parts scenario --scenario-methods full infokv rpc``), made
 a session later, once compression while decoding replayed graphs; the other parts never compress while
-decoding, so their paths did not change in between. Streamingllm, pyramidkv and expected_attention at
-8K, 64K and 128K come from a fifth and sixth call, a session after that (``--parts prefill decode
---lengths 8192 65536 --methods full streamingllm pyramidkv expected_attention --repeats 2`` and
-``--parts prefill --lengths 131072 --methods full streamingllm pyramidkv expected_attention
---repeats 1``); their ratios are to the full cache of their own call, whose prefill and decode
-reproduced the second and third calls' within 2.5% (full prefill 11.76 s at 128K).
+decoding, so their paths did not change in between. A session after that, on the code of the
+scenario's call: streamingllm, pyramidkv and expected_attention at 8K and 64K (``--parts prefill
+decode --lengths 8192 65536 --methods full streamingllm pyramidkv expected_attention --repeats 2``;
+ratios to that call's own full cache, whose prefill and decode reproduced the second call's within
+2.5%), and everything at 128K from two calls (``--parts prefill decode --lengths 131072 --repeats 2``
+and ``--parts kvpress --lengths 131072 --kvpress-lengths 131072 --repeats 2``; their full-cache
+prefills, 11.71 and 11.73 s, agree within 0.2%). Floors use the ceilings measured by their own call.
 Ceiling rows come from the 32K call: matmul 746 TFLOP/s, copy 4.19 TB/s. At 32K tokens, 20% budget:
 
 * full-cache prefill (chunks of 4096) 1.46 s; floor 0.99 s; kvpress's unchunked prefill 1.36 s.
@@ -61,16 +60,17 @@ Ceiling rows come from the 32K call: matmul 746 TFLOP/s, copy 4.19 TB/s. At 32K 
   :mod:`infokv.signals.fused_attention`). At 64K: snapkv 1.01, infokv 1.06, h2o 1.32,
   streamingllm 1.01, pyramidkv 1.01, expected_attention 1.07; at 8K, where a prefill takes 0.26 s
   and the host-side compression step weighs more: 1.13, 1.23, 1.16, 1.07, 1.19 and 1.29; at 128K
-  streamingllm 1.00, pyramidkv 1.01, expected_attention 1.04.
+  (full 11.7 s): 1.01, 1.04, 1.43, 1.00, 1.01 and 1.05; kvpress's unchunked prefill 11.9 s.
 * our snapkv, unchunked like kvpress (``unchunked_prefill_compress_seconds``), 1.38 s vs kvpress
-  snapkv 1.41 s: 0.98× (target ≤ 1.0: met; 0.98× at 64K too, 1.06× at 8K).
+  snapkv 1.41 s: 0.98× (target ≤ 1.0: met; 0.98× at 64K too, 1.06× at 8K, 1.00× at 128K).
 * infokv's signals add 0.24× the full KV bytes to the prefill's peak (target ≤ 0.25: met): the
   1 GiB evolution buffer of 4096-token chunks (:data:`infokv.capture.EVOLUTION_BUFFER_BYTES`);
-  0.12× at 64K and 0.94× at 8K, where the whole cache is 1 GiB. KV bytes after compression 0.20×
-  (target ≤ 0.25: met).
+  0.12× at 64K, 0.06× at 128K and 0.94× at 8K, where the whole cache is 1 GiB. KV bytes after
+  compression 0.20× (target ≤ 0.25: met).
 * decode, replaying a captured CUDA graph per step (:mod:`infokv.graphed_decode`): full 97
   tokens/s at batch 1 and 631 at batch 16 (floor 801); 20% caches 105 and 1201 tokens/s: 1.90×
-  full at batch 16 (target ≥ 1.5: met).
+  full at batch 16 (target ≥ 1.5: met). At 128K: full 73 tokens/s at batch 1 (batch 16 does not
+  fit), 20% caches 99 and 706.
 * sweep of 7 methods × 2 budgets, 64 new tokens: 3.21 s vs 2.35 s for one full prefill + decode,
   1.37× (target ≤ 1.5: met). The rows attend masks over the one prompt cache
   (:mod:`infokv.shared_prefix`); the previous committed run, whose rows each had a gathered copy of

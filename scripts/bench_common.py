@@ -1,4 +1,4 @@
-"""What both GPU benchmark processes share: the model, the prompts, timing, floors and the CSV rows.
+"""What the benchmark processes share: the GPU model and prompts, timing, ceilings, floors and CSV rows.
 
 Imports only torch and transformers (no infokv), so that the kvpress process, which runs with its
 own older transformers, builds exactly the same model and prompts.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import statistics
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,9 +93,12 @@ def prompt_ids(tokens: int, batch: int = 1) -> torch.Tensor:
 
 
 def parameter_count(model: torch.nn.Module) -> tuple[int, int]:
-    """(parameters used per token in matrix products, bytes read per decoding step): all but the embedding."""
+    """(parameters used per token in matrix products, bytes read per decoding step): all but the input
+    embedding, whose rows are looked up; an LM head tied to it still counts, as a product."""
     embedding = model.get_input_embeddings().weight
-    matrix = sum(p.numel() for p in model.parameters()) - embedding.numel()
+    matrix = sum(p.numel() for p in model.parameters()) - embedding.numel()  # tied weights listed once
+    if model.get_output_embeddings().weight is embedding:
+        matrix += embedding.numel()
     return matrix, matrix * embedding.element_size()
 
 
@@ -119,13 +123,19 @@ def kv_bytes_per_token(config: LlamaConfig, itemsize: int = 2) -> int:
 
 
 def median_seconds(
-    function: Callable[[], object], repeats: int, warmup: int = 1
+    function: Callable[[], object], repeats: int, warmup: int = 1, device: str = "cuda"
 ) -> tuple[float, list[float]]:
-    """Median GPU time of ``function`` between CUDA events, after ``warmup`` untimed calls."""
+    """Median time of ``function`` after ``warmup`` untimed calls: between CUDA events on the GPU, by the
+    wall clock on the CPU."""
     for _ in range(warmup):
         function()
     times = []
     for _ in range(repeats):
+        if device == "cpu":
+            clock = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - clock)
+            continue
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
@@ -144,15 +154,18 @@ class Ceilings:
     copy_bytes_per_second: float
 
 
-def measure_ceilings(repeats: int = 10) -> Ceilings:
-    """bf16 8192³ matrix product rate on random data; device-to-device copy of 4 GiB (read + write bytes)."""
-    size = 8192
-    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    matmul, _ = median_seconds(functools.partial(torch.matmul, a, b), repeats, warmup=3)
-    source = torch.randn(1 << 30, device="cuda")
+def measure_ceilings(repeats: int = 10, device: str = "cuda") -> Ceilings:
+    """Matrix product rate on random data and copy bandwidth (read + write bytes): on the GPU bf16 8192³
+    and a 4 GiB copy; on the CPU fp32 2048³ and a 256 MiB copy (larger than any cache)."""
+    size, dtype, elements = (
+        (8192, torch.bfloat16, 1 << 30) if device == "cuda" else (2048, torch.float32, 1 << 26)
+    )
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    matmul, _ = median_seconds(functools.partial(torch.matmul, a, b), repeats, warmup=3, device=device)
+    source = torch.randn(elements, device=device)
     target = torch.empty_like(source)
-    copy, _ = median_seconds(functools.partial(target.copy_, source), repeats, warmup=3)
+    copy, _ = median_seconds(functools.partial(target.copy_, source), repeats, warmup=3, device=device)
     moved = 2 * source.numel() * source.element_size()
     return Ceilings(2.0 * size**3 / matmul, moved / copy)
 

@@ -9,8 +9,10 @@ Measured, after one warm-up run of each: the median wall time over ``--repeats``
 (b) ``generate_sweep(model, tok, prompts, settings, max_new_tokens=M)``,
 on ``--samples`` passkey prompts (:mod:`infokv.tasks`) of ``--tokens`` tokens, in a process whose
 freed memory is kept for reuse as in ``infokv-run`` (:mod:`infokv.host_memory`). The engine's own
-prefill / compress / decode split is recorded too. Writes ``results/bench/sweep_cost.csv`` (long form:
-name, value, unit) and prints the ratio (b) / (a).
+prefill / compress / decode split is recorded too, and each run's physical floor
+(:func:`generation_floor`: FLOPs over this machine's fp32 matrix rate, bytes over its copy bandwidth,
+both measured in the same process), so the ratio of the floors says what the sweep could cost at best
+here. Writes ``results/bench/sweep_cost.csv`` (long form: name, value, unit) and prints the ratio (b) / (a).
 
     python scripts/bench_sweep.py [--tokens 2048] [--max-new-tokens 16] [--repeats 3] [--samples 1] [--no-eos]
 
@@ -27,9 +29,10 @@ import statistics
 import time
 from pathlib import Path
 
+import bench_common
 import torch
 
-from infokv import generate, generate_sweep, load_model, methods, tasks
+from infokv import generate, generate_sweep, load_model, methods, signals, tasks
 from infokv.host_memory import keep_freed_memory
 
 TARGET = 1.5
@@ -73,6 +76,53 @@ def phases(completions) -> dict[str, float]:
         for phase in totals:
             totals[phase] += stats[f"{phase}_seconds"]
     return totals
+
+
+def generation_floor(
+    model,
+    ceilings: bench_common.Ceilings,
+    prompts: list[int],
+    rows: list[tuple[float, int]],
+    entropy: bool,
+) -> float:
+    """Seconds a generation cannot beat on this machine: FLOPs over the matrix rate, bytes over the copy
+    bandwidth. ``prompts``: the tokens of each prompt; ``rows``: :func:`decoding_rows`.
+
+    prefill = (2 · matrix params · T + causal attention [+ 2 · LM head params · T, the entropy of every
+    position]) / rate, with one prefill for all rows (H2O's column sums add no product: a fused pass gets
+    them from the attention's own scores); then, per decoding step s, over the rows still decoding:
+    max(Σ_rows (2 · matrix params + attention over their entries) / rate,
+        (weights + Σ_rows entries · KV bytes per entry) / bandwidth).
+    """
+    config = model.config
+    matrix, weight_bytes = bench_common.parameter_count(model)
+    head = model.get_output_embeddings().weight.numel()
+    prefill = sum(
+        bench_common.prefill_flops(model, tokens) + 2.0 * head * tokens * entropy for tokens in prompts
+    )
+    seconds = prefill / ceilings.matmul_flops
+    entry_bytes = bench_common.kv_bytes_per_token(config, model.dtype.itemsize)
+    for step in range(max(steps for _, steps in rows)):  # rows leave once they have generated their tokens
+        active = [entries + step for entries, steps in rows if steps > step]
+        flops = sum(
+            2.0 * matrix + bench_common.attention_flops(config, 1, round(keys) + 1) for keys in active
+        )
+        moved = weight_bytes + entry_bytes * sum(active)
+        seconds += max(flops / ceilings.matmul_flops, moved / ceilings.copy_bytes_per_second)
+    return seconds
+
+
+def decoding_rows(results) -> list[tuple[float, int]]:
+    """(prompt entries kept, averaged over layers; forward steps) of each distinct decoding row of a
+    ``generate_sweep`` result (one list of completions per setting). The first new token comes from the
+    prefill's logits, so n new tokens take n − 1 steps; equal settings (full at two budgets) share rows."""
+    rows = {}
+    for per_setting in results:
+        for sample, completion in enumerate(per_setting):
+            stats = completion.stats
+            steps = max(0, stats["generated_tokens"] - 1)
+            rows[(stats["setting"], sample)] = (statistics.mean(stats["kept_tokens"]), steps)
+    return list(rows.values())
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -132,6 +182,28 @@ def main(argv: list[str] | None = None) -> float:
             + f"; new tokens max {max(generated)}",
             flush=True,
         )
+    ceilings = bench_common.measure_ceilings(device="cpu")
+    lengths = [sample.tokens for sample in samples]
+    entropy = any(
+        need[0] == signals.ENTROPY for name, _ in settings for need in methods.get(name).requirements()
+    )
+    floors = {
+        name: generation_floor(
+            model, ceilings, lengths, decoding_rows(runs[-1][1]), entropy and name == "sweep"
+        )
+        for name, runs in timings.items()
+    }
+    rows += [
+        ("matmul_rate", ceilings.matmul_flops / 1e9, "GFLOP/s"),
+        ("copy_bandwidth", ceilings.copy_bytes_per_second / 1e9, "GB/s"),
+        *((f"{name}_floor_seconds", floor, "s") for name, floor in floors.items()),
+        ("floor_ratio", floors["sweep"] / floors["full"], "x"),
+    ]
+    print(
+        f"floors (fp32 matmul {ceilings.matmul_flops / 1e9:.0f} GFLOP/s, copy "
+        f"{ceilings.copy_bytes_per_second / 1e9:.0f} GB/s): full {floors['full']:.2f} s, sweep "
+        f"{floors['sweep']:.2f} s, ratio {floors['sweep'] / floors['full']:.2f}x"
+    )
     ratio = medians["sweep"] / medians["full"]
     rows.append(("ratio", ratio, "x"))
     pairs = [sweep / full for (sweep, _), (full, _) in zip(timings["sweep"], timings["full"], strict=True)]

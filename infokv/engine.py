@@ -249,8 +249,8 @@ def shares_prompt(kept: Sequence[int], lengths: torch.Tensor, layers: int, devic
     """Whether settings keeping ``kept`` entries each (:func:`kept_entries`) should attend masks over one
     prompt cache: on CUDA, when they keep more entries together than it holds, so decoding reads less
     from it than from copies (:mod:`infokv.shared_prefix`). Not on CPU: every row then scores every prompt
-    entry, and there attention is bound by arithmetic (a 2K-token SmolLM2 sweep decoded 15-20% slower),
-    not memory traffic."""
+    entry, and there attention is bound by arithmetic, not memory traffic; a 2K-token SmolLM2 sweep did
+    not decode faster (one measurement 15-20% slower, a later interleaved one equal within noise)."""
     if device.type != "cuda":
         return False
     return sum(kept) > int(lengths.sum()) * layers

@@ -27,12 +27,14 @@ import csv
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import bench_common
 import torch
+from transformers import PreTrainedModel
 
-from infokv import generate, generate_sweep, load_model, methods, signals, tasks
+from infokv import Completion, generate, generate_sweep, load_model, methods, signals, tasks
 from infokv.host_memory import keep_freed_memory
 
 TARGET = 1.5
@@ -79,7 +81,7 @@ def phases(completions) -> dict[str, float]:
 
 
 def generation_floor(
-    model,
+    model: PreTrainedModel,
     ceilings: bench_common.Ceilings,
     prompts: list[int],
     rows: list[tuple[float, int]],
@@ -112,7 +114,7 @@ def generation_floor(
     return seconds
 
 
-def decoding_rows(results) -> list[tuple[float, int]]:
+def decoding_rows(results: Sequence[Sequence[Completion]]) -> list[tuple[float, int]]:
     """(prompt entries kept, averaged over layers; forward steps) of each distinct decoding row of a
     ``generate_sweep`` result (one list of completions per setting). The first new token comes from the
     prefill's logits, so n new tokens take n − 1 steps; equal settings (full at two budgets) share rows."""

@@ -25,26 +25,12 @@ from infokv.hooks import (
     layer_output_hooks,
     prerope_query_hooks,
 )
+from infokv.logit_head import LogitHead
 from infokv.methods.base import Requirement
 from infokv.signals import fused_attention
 from infokv.signals.attention import blockwise_attention
-from infokv.signals.entropy import chunked_entropy
 from infokv.signals.evolution import distance_to_unit, unit
 from infokv.signals.query_statistics import QueryStatistics
-
-
-def output_logits(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Final (normed) hidden states -> logits, with the model's logit soft-capping if it has one."""
-    head = model.get_output_embeddings()
-    softcap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
-
-    def to_logits(hidden: torch.Tensor) -> torch.Tensor:
-        logits = head(hidden)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
-
-    return to_logits
 
 
 def forward_hidden(
@@ -161,7 +147,7 @@ class Capturer:
     def on_layer_output(self, layer: int, hidden: torch.Tensor) -> None:
         self.layer_outputs[layer] = hidden.detach()
 
-    def finish_chunk(self, start: int, final_hidden: torch.Tensor, to_logits) -> None:
+    def finish_chunk(self, start: int, final_hidden: torch.Tensor, head: LogitHead) -> None:
         """Evolution, then entropy (once the layer outputs are freed), for the chunk starting at ``start``."""
         batch, total = self.captured.valid.shape
         stop = start + final_hidden.shape[1]
@@ -180,7 +166,7 @@ class Capturer:
                 topk, torch.zeros(batch, total, device=self.captured.valid.device)
             )
             rows = self.entropy_rows
-            entropy[:, start:stop] = chunked_entropy(final_hidden, to_logits, topk, rows).to(entropy.device)
+            entropy[:, start:stop] = head.entropy(final_hidden, topk, rows).to(entropy.device)
 
 
 EVOLUTION_BUFFER_BYTES = 1 << 30
@@ -232,7 +218,7 @@ def prefill(
     if capturer.evolution:
         chunk = evolution_chunk(model, input_ids.shape[0], chunk)
     state = KVState.empty(model)
-    to_logits = output_logits(model)
+    head = LogitHead.of(model)
     has_padding = captured.padded
     on_attention = capturer.on_attention if capturer.needs_attention else None
     hidden = None
@@ -253,8 +239,8 @@ def prefill(
                 on_attention,
                 attend=capturer.attend if capturer.cumulative else None,
             )
-            capturer.finish_chunk(start, hidden, to_logits)
-        last_logits = to_logits(hidden[:, -1]).float()
+            capturer.finish_chunk(start, hidden, head)
+        last_logits = head(hidden[:, -1]).float()
     return state, captured, last_logits
 
 

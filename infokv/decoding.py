@@ -23,10 +23,11 @@ from transformers import PreTrainedModel
 
 from infokv import methods
 from infokv.cache import KVState
-from infokv.capture import forward_hidden, output_logits, rotary_function
+from infokv.capture import forward_hidden, rotary_function
 from infokv.decode_signals import DecodeTracker, LayerEntries
 from infokv.graphed_decode import GraphedDecoder
 from infokv.hooks import layer_output_hooks, prerope_query_hooks
+from infokv.logit_head import LogitHead
 from infokv.methods.base import Method
 from infokv.sampling import Sampler
 from infokv.scoring import DecodeLayerView
@@ -184,7 +185,7 @@ def decode(
     tokens: list[list[int]] = [[] for _ in range(rows)]
     stats = [RowStats() for _ in range(rows)]
     stops = torch.tensor(list(stop_ids), device=logits.device, dtype=torch.long)
-    to_logits = output_logits(model)
+    to_logits = LogitHead.of(model)
     rotary = rotary_function(model)
     on_attention = tracker.on_attention if tracker.needs_attention else None
     start_clock = time.perf_counter()

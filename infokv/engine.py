@@ -19,13 +19,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from infokv import methods
 from infokv.budget import Budget
 from infokv.cache import KVState
-from infokv.capture import Captured, forward_hidden, output_logits, prefill
+from infokv.capture import Captured, forward_hidden, prefill
 from infokv.decode_signals import DecodeTracker, entries_from_prefill
 from infokv.decoding import DecodeBatch, DecodeCompression, decode
 from infokv.hooks import (
     check_attention_implementation,
     check_full_attention_layers,
 )
+from infokv.logit_head import LogitHead
 from infokv.methods.base import Method
 from infokv.sampling import Sampler
 from infokv.scoring import LayerView
@@ -276,7 +277,7 @@ def forward_tokens(
 ) -> torch.Tensor:
     """Append (R, q) tokens at explicit ``positions`` to the cache; logits (R, V) at the last one."""
     hidden = forward_hidden(model, state, input_ids, positions, valid)
-    return output_logits(model)(hidden[:, -1]).float()
+    return LogitHead.of(model)(hidden[:, -1]).float()
 
 
 def _trim(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:

@@ -19,8 +19,9 @@ import torch
 from transformers import PreTrainedModel
 
 from infokv.cache import KVState
-from infokv.capture import forward_hidden, output_logits
+from infokv.capture import forward_hidden
 from infokv.decode_signals import DecodeTracker
+from infokv.logit_head import LogitHead
 
 
 class GraphedDecoder:
@@ -45,7 +46,7 @@ class GraphedDecoder:
         self.step = torch.zeros((), dtype=torch.long, device=device)
         self.tokens = torch.zeros(positions.shape[0], 1, dtype=torch.long, device=device)
         self.positions = positions.reshape(-1, 1).clone()
-        self.to_logits = output_logits(model)
+        self.to_logits = LogitHead.of(model)
         state.fix_shapes(steps, self.step)
         self.tracker = tracker
         self.producing = None

@@ -42,7 +42,8 @@ from transformers import PreTrainedModel
 
 from infokv import methods, signals
 from infokv.cache import KVState
-from infokv.capture import Captured, forward_hidden, output_logits, prefill
+from infokv.capture import Captured, forward_hidden, prefill
+from infokv.logit_head import LogitHead
 from infokv.methods.base import Requirement
 from infokv.scoring import LayerView
 
@@ -253,7 +254,7 @@ def influence(
     width = rows_per_forward or rows
     groups = [list(range(first, min(rows, first + width))) for first in range(0, rows, width)]
     branches = [_branch(state, len(group), start, ~masks[group, :start]) for group in groups]
-    to_logits = output_logits(model)
+    to_logits = LogitHead.of(model)
     result = torch.zeros(rows, total - start)
     with torch.inference_mode():
         for begin in range(start, total, forward_chunk):

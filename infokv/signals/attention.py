@@ -25,12 +25,15 @@ _BLOCK_ELEMENTS = {"cpu": 1 << 19}
 _DEFAULT_BLOCK_ELEMENTS = 1 << 26
 
 
-def _grouped_product(grouped: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """q·kᵀ (B, H_kv, g, q, k) of grouped queries (B, H_kv, g, q, d): the g heads of a group are folded
-    into rows of one product with their KV head's keys, so keys are not copied per query head."""
+def _grouped_logits(grouped: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+    """fp32 s·q·kᵀ (B, H_kv, g, q, k) of grouped queries (B, H_kv, g, q, d): the g heads of a group are
+    folded into rows of one product with their KV head's keys, so keys are not copied per query head.
+    The scale is applied inside the product (``baddbmm``'s alpha), not in a pass over the logits."""
     batch, kv_heads, groups, queries, dim = grouped.shape
-    folded = grouped.reshape(batch, kv_heads, groups * queries, dim)
-    return torch.matmul(folded, key.transpose(-1, -2)).view(batch, kv_heads, groups, queries, key.shape[2])
+    folded = grouped.reshape(batch * kv_heads, groups * queries, dim)
+    keys = key.transpose(-1, -2).reshape(batch * kv_heads, dim, key.shape[2])
+    product = torch.baddbmm(folded.new_empty(()), folded, keys, beta=0.0, alpha=scaling)
+    return product.float().view(batch, kv_heads, groups, queries, key.shape[2])
 
 
 def _masked_logits(
@@ -38,7 +41,7 @@ def _masked_logits(
 ) -> torch.Tensor:
     """fp32 logits (B, H_kv, g, q, k) of grouped queries at key indices ``first_query + j``, masked -inf."""
     queries, keys = grouped.shape[3], key.shape[2]
-    logits = _grouped_product(grouped, key).float() * scaling
+    logits = _grouped_logits(grouped, key, scaling)
     query_index = torch.arange(first_query, first_query + queries, device=key.device)[:, None]
     key_index = torch.arange(keys, device=key.device)[None, :]
     allowed = key_index <= query_index
@@ -81,7 +84,7 @@ def blockwise_attention(
         stop = min(queries, start + block)
         visible = first + stop  # causal: later keys get no attention from this block
         if valid is None:
-            logits = _grouped_product(grouped[:, :, :, start:stop], key[:, :, :visible]).float().mul_(scaling)
+            logits = _grouped_logits(grouped[:, :, :, start:stop], key[:, :, :visible], scaling)
             query_index = torch.arange(first + start, visible, device=query.device)[:, None]
             key_index = torch.arange(first + start, visible, device=query.device)[None, :]
             logits[..., first + start :].masked_fill_(key_index > query_index, float("-inf"))
@@ -122,7 +125,7 @@ def new_query_column_sums(
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, 1, dim)
-    logits = _grouped_product(grouped, key).float() * scaling
+    logits = _grouped_logits(grouped, key, scaling)
     if valid is not None:
         logits = logits.masked_fill(~valid[:, None, None, None, :], float("-inf"))
     return logits.softmax(-1).reshape(batch, query_heads, key.shape[2])

@@ -7,17 +7,19 @@ Measured, after one warm-up run of each: the median wall time over ``--repeats``
 (full, sweep, full, sweep, ...) so that load from other processes affects both alike, of
 (a) ``generate(model, tok, prompts, "full", 1.0, max_new_tokens=M)`` and
 (b) ``generate_sweep(model, tok, prompts, settings, max_new_tokens=M)``,
-on ``--samples`` passkey prompts (:mod:`infokv.tasks`) of ``--tokens`` tokens, in a process whose
+on ``--samples`` passkey prompts (:mod:`infokv.tasks`) of ``--tokens`` tokens, in one batch (4 by default,
+infokv-run's default ``batch_size``, so the figure is the cost per sample as the tool runs), in a process whose
 freed memory is kept for reuse as in ``infokv-run`` (:mod:`infokv.host_memory`). The engine's own
 prefill / compress / decode split is recorded too, and each run's physical floor
 (:func:`generation_floor`: FLOPs over this machine's fp32 matrix rate, bytes over its copy bandwidth,
 both measured in the same process), so the ratio of the floors says what the sweep could cost at best
 here. Writes ``results/bench/sweep_cost.csv`` (long form: name, value, unit) and prints the ratio (b) / (a).
 
-    python scripts/bench_sweep.py [--tokens 2048] [--max-new-tokens 16] [--repeats 3] [--samples 1] [--no-eos]
+    python scripts/bench_sweep.py [--tokens 2048] [--max-new-tokens 16] [--repeats 3] [--samples 4] [--no-eos]
 
 By default rows stop at EOS as in ordinary use, so the sweep may decode more steps than the full run
 (its slowest row decides); ``--no-eos`` makes both decode exactly ``--max-new-tokens`` tokens.
+``--samples 1`` measures a lone prompt, where nothing amortises the sweep's extra decoding rows.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tokens", type=int, default=2048, help="prompt length in tokens")
-    parser.add_argument("--samples", type=int, default=1, help="prompts per run (one batch)")
+    parser.add_argument("--samples", type=int, default=4, help="prompts per run (one batch)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.2])
@@ -84,7 +86,7 @@ def generation_floor(
     model: PreTrainedModel,
     ceilings: bench_common.Ceilings,
     prompts: list[int],
-    rows: list[tuple[float, int]],
+    rows: list[tuple[int, float, int]],
     entropy: bool,
 ) -> float:
     """Seconds a generation cannot beat on this machine: FLOPs over the matrix rate, bytes over the copy
@@ -94,7 +96,8 @@ def generation_floor(
     position]) / rate, with one prefill for all rows (H2O's column sums add no product: a fused pass gets
     them from the attention's own scores); then, per decoding step s, over the rows still decoding:
     max(Σ_rows (2 · matrix params + attention over their entries) / rate,
-        (weights + Σ_rows entries · KV bytes per entry) / bandwidth).
+        (weights + KV bytes per entry · Σ_prompts [min(T, Σ_its rows kept) + Σ_its rows s]) / bandwidth):
+    a step reads each prompt entry some row keeps at least once, however many rows keep it.
     """
     config = model.config
     matrix, weight_bytes = bench_common.parameter_count(model)
@@ -104,18 +107,24 @@ def generation_floor(
     )
     seconds = prefill / ceilings.matmul_flops
     entry_bytes = bench_common.kv_bytes_per_token(config, model.dtype.itemsize)
-    for step in range(max(steps for _, steps in rows)):  # rows leave once they have generated their tokens
-        active = [entries + step for entries, steps in rows if steps > step]
+    for step in range(max(steps for _, _, steps in rows)):  # rows leave once they have generated their tokens
+        active = [(sample, entries) for sample, entries, steps in rows if steps > step]
         flops = sum(
-            2.0 * matrix + bench_common.attention_flops(config, 1, round(keys) + 1) for keys in active
+            2.0 * matrix + bench_common.attention_flops(config, 1, round(entries + step) + 1)
+            for _, entries in active
         )
-        moved = weight_bytes + entry_bytes * sum(active)
+        read = sum(
+            min(tokens, sum(entries for owner, entries in active if owner == sample))
+            + step * sum(owner == sample for owner, _ in active)
+            for sample, tokens in enumerate(prompts)
+        )
+        moved = weight_bytes + entry_bytes * read
         seconds += max(flops / ceilings.matmul_flops, moved / ceilings.copy_bytes_per_second)
     return seconds
 
 
-def decoding_rows(results: Sequence[Sequence[Completion]]) -> list[tuple[float, int]]:
-    """(prompt entries kept, averaged over layers; forward steps) of each distinct decoding row of a
+def decoding_rows(results: Sequence[Sequence[Completion]]) -> list[tuple[int, float, int]]:
+    """(sample, prompt entries kept averaged over layers, forward steps) of each distinct decoding row of a
     ``generate_sweep`` result (one list of completions per setting). The first new token comes from the
     prefill's logits, so n new tokens take n − 1 steps; equal settings (full at two budgets) share rows."""
     rows = {}
@@ -123,7 +132,7 @@ def decoding_rows(results: Sequence[Sequence[Completion]]) -> list[tuple[float, 
         for sample, completion in enumerate(per_setting):
             stats = completion.stats
             steps = max(0, stats["generated_tokens"] - 1)
-            rows[(stats["setting"], sample)] = (statistics.mean(stats["kept_tokens"]), steps)
+            rows[(stats["setting"], sample)] = (sample, statistics.mean(stats["kept_tokens"]), steps)
     return list(rows.values())
 
 

@@ -26,7 +26,7 @@ from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface, PreTrainedModel
 
 from infokv import causal_attention, decode_attention
-from infokv.cache import KVState
+from infokv.cache import KVState, ValidPrefix, valid_prefix
 
 ATTENTION_NAME = "infokv"
 SUPPORTED_ATTENTION = ("sdpa", "flash_attention_2")
@@ -232,12 +232,39 @@ def infokv_attention(
             scale=scaling,
             enable_gqa=repeats > 1,
         )
+    elif queries > 1 and not query.is_cuda and (groups := valid_prefix(valid, len(query), keys)) is not None:
+        output = _left_padded_attention(query, key, value, groups, scaling)
     else:
         mask = attention_mask_for(valid, queries, keys, query.device)
         output = F.scaled_dot_product_attention(
             query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
         )
     return output.transpose(1, 2).contiguous(), None
+
+
+def _left_padded_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: ValidPrefix, scaling: float | None
+) -> torch.Tensor:
+    """Causal attention (B, H_q, q, d) of the last q of the k keys, each group of left-padded rows over its
+    valid keys only, without a mask where its valid queries and keys coincide. On CPU a (q × k) mask sends
+    every row to a masked kernel that also works through the padding: four 2K-token SmolLM2 prompts
+    prefilled in 19-20 s that way on 2 cores, against 15 s without padding. Padding queries get 0."""
+    repeats = query.shape[1] // key.shape[1]
+    first = key.shape[2] - query.shape[2]
+    output = query.new_zeros(query.shape)
+    for rows, start in prefix.groups:
+        skip = max(0, start - first)
+        queries, keys = query.shape[2] - skip, key.shape[2] - start
+        mask = None if queries == keys else attention_mask_for(None, queries, keys, query.device)
+        output[rows, :, skip:] = F.scaled_dot_product_attention(
+            query[rows, :, skip:],
+            _repeat_heads(key[rows, :, start:], repeats),
+            _repeat_heads(value[rows, :, start:], repeats),
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=scaling,
+        )
+    return output
 
 
 AttentionInterface.register(ATTENTION_NAME, infokv_attention)

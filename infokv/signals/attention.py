@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from infokv.cache import valid_prefix
+
 POOLINGS = ("max", "avg", "none")
 REDUCTIONS = ("mean", "max")
 _BLOCK_ELEMENTS = {"cpu": 1 << 19}
@@ -71,7 +73,38 @@ def blockwise_attention(
     Σ_j softmax_i(q_j·k_i·s) per query head (B, H_q, k). Each block sees only the keys up to its
     last query, and its fp32 probabilities are used for both results, so collecting H2O's
     cumulative attention during prefill costs one softmax pass, not a second attention.
+    Left-padded rows (:func:`infokv.cache.valid_prefix`) attend their valid keys only, unmasked, in
+    groups of rows that start alike; padding queries get a zero output.
     """
+    prefix = None if valid is None else valid_prefix(valid, query.shape[0], key.shape[2])
+    if prefix is None:
+        return _blockwise(query, key, value, valid, scaling)
+    first = key.shape[2] - query.shape[2]
+    sums = query.new_zeros(query.shape[0], query.shape[1], key.shape[2], dtype=torch.float32)
+    output = None if value is None else query.new_zeros(*query.shape[:3], value.shape[-1])
+    for rows, start in prefix.groups:
+        skip = max(0, start - first)
+        part = _blockwise(
+            query[rows, :, skip:],
+            key[rows, :, start:],
+            None if value is None else value[rows, :, start:],
+            None,
+            scaling,
+        )
+        if output is not None:
+            output[rows, :, skip:] = part[0]
+        sums[rows, :, start:] = part[1]
+    return output, sums
+
+
+def _blockwise(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    scaling: float,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """:func:`blockwise_attention` under the mask ``valid`` (B, k), or none."""
     batch, query_heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     first = keys - queries

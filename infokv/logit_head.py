@@ -17,8 +17,9 @@ from transformers import PreTrainedModel
 
 from infokv.signals.entropy import CANDIDATE_SLACK, chunked_entropy, two_stage_entropy
 
-FAST_BFLOAT16_SHARE = 8
-"""Two stages are used only when topk + slack candidates are at most 1/8 of the vocabulary per row."""
+MAX_CANDIDATE_SHARE = 1 / 8
+"""Two stages are used only when a row's topk + slack candidates are at most 1/8 of the vocabulary: with
+more, the exact product over the candidates of a block would approach the full one."""
 
 
 def bfloat16_is_faster(device: torch.device) -> bool:
@@ -55,16 +56,16 @@ class LogitHead:
     def entropy(self, hidden: torch.Tensor, topk: int, rows: int) -> torch.Tensor:
         """Top-``topk`` entropy (B, T) of the logits at each of the (B, T, d) ``hidden`` states; the
         one-stage path makes logits for ``rows`` positions at a time."""
-        if self.splits(hidden, topk):
+        if self.two_stages(hidden, topk):
             return two_stage_entropy(hidden, self.module.weight, self.module.bias, topk, self._cap)
         return chunked_entropy(hidden, self, topk, rows)
 
-    def splits(self, hidden: torch.Tensor, topk: int) -> bool:
+    def two_stages(self, hidden: torch.Tensor, topk: int) -> bool:
         """Whether :meth:`entropy` takes two stages for ``hidden`` and ``topk``."""
         if not isinstance(self.module, nn.Linear) or hidden.dtype not in (torch.float32, torch.float16):
             return False
         vocabulary = self.module.weight.shape[0]
-        if not (0 < topk and (topk + CANDIDATE_SLACK) * FAST_BFLOAT16_SHARE <= vocabulary):
+        if not (0 < topk and topk + CANDIDATE_SLACK <= MAX_CANDIDATE_SHARE * vocabulary):
             return False
         if self._two_stage is None:
             self._two_stage = bfloat16_is_faster(hidden.device)

@@ -50,9 +50,9 @@ def test_two_stage_entropy_matches_exact_logits(bias, softcap):
 def test_logit_head_entropy_is_the_same_on_either_path(monkeypatch, faster):
     monkeypatch.setattr(logit_head, "bfloat16_is_faster", lambda device: faster)
     head, hidden = LogitHead(_head(False)), _hidden()
-    assert head.splits(hidden, 16) is faster
-    assert not head.splits(hidden, 0)  # the full vocabulary has no candidates to choose
-    assert not head.splits(hidden, VOCABULARY // 4)  # too many candidates for the first stage to pay
+    assert head.two_stages(hidden, 16) is faster
+    assert not head.two_stages(hidden, 0)  # the full vocabulary has no candidates to choose
+    assert not head.two_stages(hidden, VOCABULARY // 4)  # too many candidates for the first stage to pay
     with torch.no_grad():
         expected = chunked_entropy(hidden, head, 16, rows=7)
         torch.testing.assert_close(head.entropy(hidden, 16, rows=7), expected, atol=2e-5, rtol=0)

@@ -7,10 +7,10 @@ Measured, after one warm-up run of each: the median wall time over ``--repeats``
 (full, sweep, full, sweep, ...) so that load from other processes affects both alike, of
 (a) ``generate(model, tok, prompts, "full", 1.0, max_new_tokens=M)`` and
 (b) ``generate_sweep(model, tok, prompts, settings, max_new_tokens=M)``,
-on ``--samples`` passkey prompts (:mod:`infokv.tasks`) of ``--tokens`` tokens, in one batch (4 by default,
-infokv-run's default ``batch_size``, so the figure is the cost per sample as the tool runs), in a process whose
-freed memory is kept for reuse as in ``infokv-run`` (:mod:`infokv.host_memory`). The engine's own
-prefill / compress / decode split is recorded too, and each run's physical floor
+on ``--samples`` passkey prompts (:mod:`infokv.tasks`) of ``--tokens`` tokens, in one batch (4 by
+default, infokv-run's default ``batch_size``, so the figure is the cost per sample as the tool runs), in a
+process whose freed memory is kept for reuse as in ``infokv-run`` (:mod:`infokv.host_memory`). The
+engine's own prefill / compress / decode split is recorded too, and each run's physical floor
 (:func:`generation_floor`: FLOPs over this machine's fp32 matrix rate, bytes over its copy bandwidth,
 both measured in the same process), so the ratio of the floors says what the sweep could cost at best
 here. Writes ``results/bench/sweep_cost.csv`` (long form: name, value, unit) and prints the ratio (b) / (a).

@@ -73,10 +73,12 @@ def blockwise_attention(
     Σ_j softmax_i(q_j·k_i·s) per query head (B, H_q, k). Each block sees only the keys up to its
     last query, and its fp32 probabilities are used for both results, so collecting H2O's
     cumulative attention during prefill costs one softmax pass, not a second attention.
-    Left-padded rows (:func:`infokv.cache.valid_prefix`) attend their valid keys only, unmasked, in
-    groups of rows that start alike; padding queries get a zero output.
+    Off CUDA, left-padded rows (:func:`infokv.cache.valid_prefix`) attend their valid keys only, unmasked,
+    in groups of rows that start alike, and padding queries get a zero output; on CUDA, finding the groups
+    would read the mask back to the host, stalling a compression that is otherwise queued behind the prefill.
     """
-    prefix = None if valid is None else valid_prefix(valid, query.shape[0], key.shape[2])
+    grouped = valid is not None and not query.is_cuda
+    prefix = valid_prefix(valid, query.shape[0], key.shape[2]) if grouped else None
     if prefix is None:
         return _blockwise(query, key, value, valid, scaling)
     first = key.shape[2] - query.shape[2]

@@ -24,8 +24,10 @@ def _hidden(batch: int = 2, length: int = 45) -> torch.Tensor:
     return torch.randn(batch, length, HIDDEN, generator=torch.Generator().manual_seed(4))
 
 
-def test_candidate_columns_are_the_union_of_each_rows_largest():
-    approximate = torch.randn(6, 500, generator=torch.Generator().manual_seed(5))
+@pytest.mark.parametrize("width", [500, 4099])
+def test_candidate_columns_are_the_union_of_each_rows_largest(width):
+    approximate = torch.randn(6, width, generator=torch.Generator().manual_seed(5))
+    approximate[2, -2] = 10.0  # among the columns past the last whole group
     columns = candidate_columns(approximate, 20)
     expected = approximate.topk(20, dim=-1).indices.unique()
     assert torch.equal(columns, expected)

@@ -30,8 +30,9 @@ CANDIDATE_ROWS = 256
 (about 5K of SmolLM2's 49K tokens at 256 rows); larger blocks make the union, and the exact product, grow."""
 
 
-def top_values(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest of each row of (…, V) ``logits``, unordered: the same values as ``topk``, faster.
+def _group_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values (…, n) that hold the k largest of each row of (…, V) ``logits``, and their column ids (n,)
+    or (…, n): the columns of the k strided groups with the largest maxima, then the columns past them.
 
     The first G·b columns are split into G = ⌊V/b⌋ strided groups {v : v mod G = g} of b = ⌊√(V/k)⌋
     columns; only the k groups with the largest maxima can hold the top k. If t is the k-th largest group
@@ -42,14 +43,25 @@ def top_values(logits: torch.Tensor, k: int) -> torch.Tensor:
     width = logits.shape[-1]
     size = math.isqrt(width // max(1, k))
     if size < 2:
-        return logits.topk(k, dim=-1, sorted=False).values
+        return logits, torch.arange(width, device=logits.device)
     groups = width // size
     grouped = logits[..., : groups * size].unflatten(-1, (size, groups))
-    chosen = grouped.amax(dim=-2).topk(k, dim=-1, sorted=False).indices
-    candidates = grouped.gather(-1, chosen.unsqueeze(-2).expand(*chosen.shape[:-1], size, k)).flatten(-2)
+    chosen = grouped.amax(dim=-2).topk(k, dim=-1, sorted=False).indices.unsqueeze(-2)
+    chosen = chosen.expand(*chosen.shape[:-2], size, k)
+    candidates = grouped.gather(-1, chosen).flatten(-2)
+    offsets = torch.arange(0, groups * size, groups, device=logits.device)[:, None]
+    columns = (chosen + offsets).flatten(-2)
     if groups * size < width:
         candidates = torch.cat([candidates, logits[..., groups * size :]], dim=-1)
-    return candidates.topk(k, dim=-1, sorted=False).values
+        tail = torch.arange(groups * size, width, device=logits.device).expand(*columns.shape[:-1], -1)
+        columns = torch.cat([columns, tail], dim=-1)
+    return candidates, columns
+
+
+def top_values(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest of each row of (…, V) ``logits``, unordered: the same values as ``topk``, faster
+    (the top k of :func:`_group_candidates`)."""
+    return _group_candidates(logits, k)[0].topk(k, dim=-1, sorted=False).values
 
 
 def topk_entropy(logits: torch.Tensor, topk: int) -> torch.Tensor:
@@ -75,9 +87,14 @@ def chunked_entropy(
 
 def candidate_columns(approximate: torch.Tensor, count: int) -> torch.Tensor:
     """Ascending column ids (U,) that hold one of the ``count`` largest values of some row of (N, V)
-    ``approximate``."""
-    threshold = top_values(approximate, count).amin(dim=-1, keepdim=True)
-    return (approximate >= threshold).any(dim=0).nonzero()[:, 0]
+    ``approximate`` (ties at a row's threshold may add columns). Only the row's group candidates
+    (:func:`_group_candidates`) are compared with its threshold, a tenth of the row for SmolLM2."""
+    candidates, columns = _group_candidates(approximate, count)
+    threshold = candidates.topk(count, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    chosen = columns.expand_as(candidates)[candidates >= threshold]
+    union = torch.zeros(approximate.shape[-1], dtype=torch.bool, device=approximate.device)
+    union[chosen] = True
+    return union.nonzero()[:, 0]
 
 
 def two_stage_entropy(

@@ -130,7 +130,7 @@ def test_expected_attention_scores_follow_the_formula(llama, prompt):
     torch.testing.assert_close(method.score(view)[0].double(), expected, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("queries", [40, 12])
+@pytest.mark.parametrize("queries", [40, 12, 4])
 def test_left_padded_rows_attend_like_the_masked_batch(queries):
     generator = torch.Generator().manual_seed(6)
     query = torch.randn(3, 4, queries, 8, generator=generator)
@@ -142,4 +142,5 @@ def test_left_padded_rows_attend_like_the_masked_batch(queries):
     torch.testing.assert_close(output[rows, :, positions], masked_output[rows, :, positions])
     torch.testing.assert_close(sums, masked_sums)
     padding_rows, padding_positions = (~valid[:, -queries:]).nonzero(as_tuple=True)
-    assert padding_rows.numel() and not output[padding_rows, :, padding_positions].any()
+    assert padding_rows.numel() or queries <= 40 - 33  # row 2 has padding queries unless all come after it
+    assert not output[padding_rows, :, padding_positions].any()

@@ -25,12 +25,15 @@ def _hidden(batch: int = 2, length: int = 45) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("width", [500, 4099])
-def test_candidate_columns_are_the_union_of_each_rows_largest(width):
+def test_candidate_columns_hold_each_rows_largest(width):
     approximate = torch.randn(6, width, generator=torch.Generator().manual_seed(5))
     approximate[2, -2] = 10.0  # among the columns past the last whole group
     columns = candidate_columns(approximate, 20)
     expected = approximate.topk(20, dim=-1).indices.unique()
-    assert torch.equal(columns, expected)
+    assert torch.equal(columns, columns.unique())  # ascending, once each
+    assert torch.isin(expected, columns).all()
+    # Beyond the rows' top 20, only values at or above a row's bound on its 20th largest are added.
+    assert len(columns) <= 1.5 * len(expected)
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -30,24 +30,27 @@ CANDIDATE_ROWS = 256
 (about 5K of SmolLM2's 49K tokens at 256 rows); larger blocks make the union, and the exact product, grow."""
 
 
-def _group_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values (…, n) that hold the k largest of each row of (…, V) ``logits``, and their column ids (n,)
-    or (…, n): the columns of the k strided groups with the largest maxima, then the columns past them.
+def _group_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Values (…, n) that hold the k largest of each row of (…, V) ``logits``, their column ids (n,) or
+    (…, n), and a lower bound (…, 1) on each row's k-th largest value: the columns of the k strided
+    groups with the largest maxima, then the columns past them, and the k-th largest group maximum.
 
     The first G·b columns are split into G = ⌊V/b⌋ strided groups {v : v mod G = g} of b = ⌊√(V/k)⌋
     columns; only the k groups with the largest maxima can hold the top k. If t is the k-th largest group
     maximum, every column outside those groups is ≤ t, and the k maxima inside are ≥ t, so the top k of
-    the k·b columns inside (plus the < b columns past G·b) are the top k of the row. Strided groups make
-    the maxima a reduction across rows of a (b, G) view, which vectorises, unlike one over short runs.
+    the k·b columns inside (plus the < b columns past G·b) are the top k of the row, and all are ≥ t.
+    Strided groups make the maxima a reduction across rows of a (b, G) view, which vectorises, unlike
+    one over short runs.
     """
     width = logits.shape[-1]
     size = math.isqrt(width // max(1, k))
     if size < 2:
-        return logits, torch.arange(width, device=logits.device)
+        bound = logits.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        return logits, torch.arange(width, device=logits.device), bound
     groups = width // size
     grouped = logits[..., : groups * size].unflatten(-1, (size, groups))
-    chosen = grouped.amax(dim=-2).topk(k, dim=-1, sorted=False).indices.unsqueeze(-2)
-    chosen = chosen.expand(*chosen.shape[:-2], size, k)
+    maxima = grouped.amax(dim=-2).topk(k, dim=-1, sorted=False)
+    chosen = maxima.indices.unsqueeze(-2).expand(*maxima.indices.shape[:-1], size, k)
     candidates = grouped.gather(-1, chosen).flatten(-2)
     offsets = torch.arange(0, groups * size, groups, device=logits.device)[:, None]
     columns = (chosen + offsets).flatten(-2)
@@ -55,7 +58,7 @@ def _group_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
         candidates = torch.cat([candidates, logits[..., groups * size :]], dim=-1)
         tail = torch.arange(groups * size, width, device=logits.device).expand(*columns.shape[:-1], -1)
         columns = torch.cat([columns, tail], dim=-1)
-    return candidates, columns
+    return candidates, columns, maxima.values.amin(dim=-1, keepdim=True)
 
 
 def top_values(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,12 +89,12 @@ def chunked_entropy(
 
 
 def candidate_columns(approximate: torch.Tensor, count: int) -> torch.Tensor:
-    """Ascending column ids (U,) that hold one of the ``count`` largest values of some row of (N, V)
-    ``approximate`` (ties at a row's threshold may add columns). Only the row's group candidates
-    (:func:`_group_candidates`) are compared with its threshold, a tenth of the row for SmolLM2."""
-    candidates, columns = _group_candidates(approximate, count)
-    threshold = candidates.topk(count, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-    chosen = columns.expand_as(candidates)[candidates >= threshold]
+    """Ascending column ids (U,) that include those of the ``count`` largest values of every row of (N, V)
+    ``approximate``: each row's group candidates (:func:`_group_candidates`) at or above its bound on the
+    count-th largest value, which adds a few columns (1% more in the union of 256 SmolLM2 rows) but needs
+    no second top-k, and compares only a tenth of the row."""
+    candidates, columns, bound = _group_candidates(approximate, count)
+    chosen = columns.expand_as(candidates)[candidates >= bound]
     union = torch.zeros(approximate.shape[-1], dtype=torch.bool, device=approximate.device)
     union[chosen] = True
     return union.nonzero()[:, 0]

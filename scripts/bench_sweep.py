@@ -13,7 +13,9 @@ process whose freed memory is kept for reuse as in ``infokv-run`` (:mod:`infokv.
 engine's own prefill / compress / decode split is recorded too, and each run's physical floor
 (:func:`generation_floor`: FLOPs over this machine's fp32 matrix rate, bytes over its copy bandwidth,
 both measured in the same process), so the ratio of the floors says what the sweep could cost at best
-here. Writes ``results/bench/sweep_cost.csv`` (long form: name, value, unit) and prints the ratio (b) / (a).
+here. Each run's process CPU time (all threads) is recorded too, being less sensitive than wall time to
+the load a shared host puts on this machine, so the two ratios show how much of a swing is the host. Writes
+``results/bench/sweep_cost.csv`` (long form: name, value, unit) and prints the wall-time ratio (b) / (a).
 
     python scripts/bench_sweep.py [--tokens 2048] [--max-new-tokens 16] [--repeats 3] [--samples 4] [--no-eos]
 
@@ -171,9 +173,12 @@ def main(argv: list[str] | None = None) -> float:
     for function in functions.values():
         function()  # warm-up
     timings: dict[str, list] = {name: [] for name in functions}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(args.repeats):  # interleaved, so changing machine load affects both alike
         for name, function in functions.items():
+            cpu = time.process_time()
             timings[name].append(timed(function))
+            cpu_seconds[name].append(time.process_time() - cpu)
     for name, runs in timings.items():
         seconds = [elapsed for elapsed, _ in runs]
         medians[name] = statistics.median(seconds)
@@ -220,6 +225,10 @@ def main(argv: list[str] | None = None) -> float:
     pairs = [sweep / full for (sweep, _), (full, _) in zip(timings["sweep"], timings["full"], strict=True)]
     rows.extend((f"ratio_run{index}", value, "x") for index, value in enumerate(pairs))
     print("per-pair sweep / full: " + ", ".join(f"{value:.2f}x" for value in pairs))
+    cpu_ratio = statistics.median(cpu_seconds["sweep"]) / statistics.median(cpu_seconds["full"])
+    rows += [(f"{name}_cpu_seconds", statistics.median(values), "s") for name, values in cpu_seconds.items()]
+    rows.append(("cpu_ratio", cpu_ratio, "x"))
+    print(f"sweep / full in process CPU time (all threads): {cpu_ratio:.2f}x")
     rows.append(("target", TARGET, "x"))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w", newline="") as handle:

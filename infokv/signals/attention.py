@@ -111,35 +111,30 @@ def _left_padded(
     first, last = min(starts), max(starts)
     sums = query.new_zeros(batch, query_heads, keys, dtype=torch.float32)
     output = None if value is None else query.new_zeros(*query.shape[:3], value.shape[-1])
-    skip = max(0, last - offset)
-    if skip < queries:
-        columns = torch.arange(first, last, device=key.device)
-        padding = torch.tensor(starts, device=key.device)[:, None] > columns
+
+    def attend(rows: slice, queries_at: slice, keys_at: slice, padding: torch.Tensor | None = None) -> None:
+        """Rows ``rows``' queries at ``queries_at`` over their keys at ``keys_at``, into output and sums."""
         part = _blockwise(
-            query[:, :, skip:],
-            key[:, :, first:],
-            None if value is None else value[:, :, first:],
+            query[rows, :, queries_at],
+            key[rows, :, keys_at],
+            None if value is None else value[rows, :, keys_at],
             None,
             scaling,
             padding,
         )
         if output is not None:
-            output[:, :, skip:] = part[0]
-        sums[..., first:] = part[1]
+            output[rows, :, queries_at] = part[0]
+        sums[rows, :, keys_at] += part[1]
+
+    skip = max(0, last - offset)
+    if skip < queries:
+        columns = torch.arange(first, last, device=key.device)
+        padding = torch.tensor(starts, device=key.device)[:, None] > columns
+        attend(slice(None), slice(skip, None), slice(first, None), padding)
     for rows, start in prefix.groups:
         begin = max(start, offset)
-        if begin >= last:
-            continue
-        part = _blockwise(
-            query[rows, :, begin - offset : last - offset],
-            key[rows, :, start:last],
-            None if value is None else value[rows, :, start:last],
-            None,
-            scaling,
-        )
-        if output is not None:
-            output[rows, :, begin - offset : last - offset] = part[0]
-        sums[rows, :, start:last] += part[1]
+        if begin < last:
+            attend(rows, slice(begin - offset, last - offset), slice(start, last))
     return output, sums
 
 

@@ -24,7 +24,7 @@ def _hidden(batch: int = 2, length: int = 45) -> torch.Tensor:
     return torch.randn(batch, length, HIDDEN, generator=torch.Generator().manual_seed(4))
 
 
-@pytest.mark.parametrize("width", [500, 4099])
+@pytest.mark.parametrize("width", [60, 500, 4099])
 def test_candidate_columns_hold_each_rows_largest(width):
     approximate = torch.randn(6, width, generator=torch.Generator().manual_seed(5))
     approximate[2, -2] = 10.0  # among the columns past the last whole group

@@ -30,10 +30,18 @@ CANDIDATE_ROWS = 256
 (about 5K of SmolLM2's 49K tokens at 256 rows); larger blocks make the union, and the exact product, grow."""
 
 
-def _group_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Values (…, n) that hold the k largest of each row of (…, V) ``logits``, their column ids (n,) or
-    (…, n), and a lower bound (…, 1) on each row's k-th largest value: the columns of the k strided
+def _group_size(width: int, k: int) -> int:
+    """Columns b = ⌊√(V/k)⌋ per strided group of :func:`_group_candidates` (below 2: no groups)."""
+    return math.isqrt(width // max(1, k))
+
+
+def _group_candidates(
+    logits: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Values (…, n) that hold the k largest of each row of (…, V) ``logits``, the k chosen groups
+    (…, k), and a lower bound (…, 1) on each row's k-th largest value: the columns of the k strided
     groups with the largest maxima, then the columns past them, and the k-th largest group maximum.
+    Rows too short to group (V < 4k) are their own candidates, with no groups or bound (None).
 
     The first G·b columns are split into G = ⌊V/b⌋ strided groups {v : v mod G = g} of b = ⌊√(V/k)⌋
     columns; only the k groups with the largest maxima can hold the top k. If t is the k-th largest group
@@ -43,22 +51,27 @@ def _group_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     one over short runs.
     """
     width = logits.shape[-1]
-    size = math.isqrt(width // max(1, k))
+    size = _group_size(width, k)
     if size < 2:
-        bound = logits.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-        return logits, torch.arange(width, device=logits.device), bound
+        return logits, None, None
     groups = width // size
     grouped = logits[..., : groups * size].unflatten(-1, (size, groups))
     maxima = grouped.amax(dim=-2).topk(k, dim=-1, sorted=False)
     chosen = maxima.indices.unsqueeze(-2).expand(*maxima.indices.shape[:-1], size, k)
     candidates = grouped.gather(-1, chosen).flatten(-2)
-    offsets = torch.arange(0, groups * size, groups, device=logits.device)[:, None]
-    columns = (chosen + offsets).flatten(-2)
     if groups * size < width:
         candidates = torch.cat([candidates, logits[..., groups * size :]], dim=-1)
-        tail = torch.arange(groups * size, width, device=logits.device).expand(*columns.shape[:-1], -1)
-        columns = torch.cat([columns, tail], dim=-1)
-    return candidates, columns, maxima.values.amin(dim=-1, keepdim=True)
+    return candidates, maxima.indices, maxima.values.amin(dim=-1, keepdim=True)
+
+
+def _candidate_ids(chosen: torch.Tensor, width: int, k: int) -> torch.Tensor:
+    """Column ids (…, n) of the candidates of :func:`_group_candidates` from its chosen groups (…, k)."""
+    size = _group_size(width, k)
+    groups = width // size
+    offsets = torch.arange(0, groups * size, groups, device=chosen.device)[:, None]
+    columns = (chosen.unsqueeze(-2) + offsets).flatten(-2)
+    tail = torch.arange(groups * size, width, device=chosen.device).expand(*columns.shape[:-1], -1)
+    return torch.cat([columns, tail], dim=-1)
 
 
 def top_values(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,10 +106,16 @@ def candidate_columns(approximate: torch.Tensor, count: int) -> torch.Tensor:
     ``approximate``: each row's group candidates (:func:`_group_candidates`) at or above its bound on the
     count-th largest value, which adds a few columns (1% more in the union of 256 SmolLM2 rows) but needs
     no second top-k, and compares only a tenth of the row."""
-    candidates, columns, bound = _group_candidates(approximate, count)
-    chosen = columns.expand_as(candidates)[candidates >= bound]
-    union = torch.zeros(approximate.shape[-1], dtype=torch.bool, device=approximate.device)
-    union[chosen] = True
+    width = approximate.shape[-1]
+    candidates, chosen, bound = _group_candidates(approximate, count)
+    if chosen is None:
+        columns = torch.arange(width, device=approximate.device).expand_as(candidates)
+        bound = candidates.topk(count, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    else:
+        columns = _candidate_ids(chosen, width, count)
+    kept = columns[candidates >= bound]
+    union = torch.zeros(width, dtype=torch.bool, device=approximate.device)
+    union[kept] = True
     return union.nonzero()[:, 0]
 
 

@@ -37,7 +37,7 @@ from infokv import benchmarks, methods
 from infokv.engine import COMPRESS_MODES, Setting, build_settings, generate_sweep
 from infokv.methods.base import Method
 from infokv.models import load_model
-from infokv.results import RunStore, record_key, records_frame
+from infokv.results import RunStore, records_frame
 from infokv.tracking import check_mode
 
 SCENARIOS = ("prefill", "decode")
@@ -221,8 +221,7 @@ def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
         disable=not cfg.progress,
         unit="sample",
     ) as bar:
-        for start in range(0, len(pending), cfg.batch_size):
-            batch = pending[start : start + cfg.batch_size]
+        for batch in store.claim_batches(pending, cfg.batch_size, labels, draws):
             prompts = [job.benchmark.prompt(sample, bool(cfg.cot), tokenizer) for sample in batch]
             outputs = generate_sweep(
                 model,
@@ -245,7 +244,7 @@ def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
                         completion = completions[position * draws + draw]
                         scored = job.benchmark.score(sample, completion.text)
                         records.append(_record(cfg, sample, draw, setting, prompt, completion, scored))
-                store.append(r for r in records if record_key(r) not in done)
+                store.append(records)
                 bar.update(1)
     return directory, summarise(store.records())
 

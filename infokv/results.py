@@ -1,68 +1,156 @@
-"""The results store: append-only JSON-lines records that survive a kill, in one directory per run.
+"""The results store: append-only JSON-lines records that survive kills and concurrent writers, in one
+directory per run.
 
-Each record is one line, written with a single ``write`` and flushed to disk before the call
-returns, so a completed record is never lost. A kill in the middle of a write can leave at most
-one partial last line; readers skip it and the next append cuts it off before writing.
+Appending takes an exclusive ``flock`` on the file, cuts an unfinished last line a killed writer may
+have left, writes each record as one line with a single ``write`` and ``fsync``\\ s before releasing
+the lock, so any number of processes can append to one file: no record is lost, torn or interleaved,
+whatever its size. Readers take a shared lock, so they never see a tail while it is being cut, and
+ignore a partial last line. The kernel drops a killed process's locks, so a kill never blocks others.
+The locks are advisory: every writer must go through :func:`append_records`. On NFS, ``flock`` is
+mapped to the server's byte-range locks; a cluster file system must have locking enabled.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
+
+TAIL_CHUNK = 1 << 16  # bytes read at a time while looking back for the last newline
 
 
-def _drop_partial_tail(path: Path) -> None:
-    """Truncate an unfinished last line left by a killed writer."""
-    with path.open("rb+") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        if size == 0:
+def _drop_partial_tail(fd: int) -> None:
+    """Truncate an unfinished last line left by a killed writer (the caller holds the write lock)."""
+    end = os.fstat(fd).st_size
+    if end == 0 or os.pread(fd, 1, end - 1) == b"\n":
+        return
+    while end > 0:
+        start = max(0, end - TAIL_CHUNK)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            os.ftruncate(fd, start + cut + 1)
             return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
-        data = path.read_bytes()
-        handle.truncate(data.rfind(b"\n") + 1)
+        end = start
+    os.ftruncate(fd, 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """One ``write`` of ``data``; only a short write (a full disk, a signal) makes a second one."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def append_records(path: str | Path, records: Iterable[dict]) -> None:
-    """Append ``records`` to ``path``, one JSON object per line, durably."""
+    """Append ``records`` to ``path``, one JSON object per line, durably and safely beside other writers."""
     path = Path(path)
+    lines = [(json.dumps(record, sort_keys=True, default=str) + "\n").encode() for record in records]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _drop_partial_tail(path)
-    with path.open("a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _drop_partial_tail(fd)
+        for line in lines:
+            _write_all(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+def read_records_from(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
+    """The complete records of ``path`` from byte ``offset`` on, and the offset just after the last
+    of them (where the next call starts); a partial last line is left for later."""
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return [], offset
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        handle.seek(offset)
+        data = handle.read()
+    end = data.rfind(b"\n") + 1
+    records = []
+    start = 0
+    while start < end:
+        stop = data.index(b"\n", start)
+        try:
+            records.append(json.loads(data[start:stop]))
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}: line at byte {offset + start}: not a JSON record ({error.msg})"
+            ) from None
+        start = stop + 1
+    return records, offset + end
 
 
 def read_records(path: str | Path) -> list[dict]:
     """Every complete record of ``path`` (none if it does not exist); a partial last line is ignored."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for number, line in enumerate(lines[:-1], start=1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON record ({error.msg})") from None
-    return records
+    return read_records_from(path)[0]
 
 
 # --------------------------------------------------------------------------------------------------
-# Run directories: one per job configuration, resumable, shardable
+# Claims: which process computes which sample
+# --------------------------------------------------------------------------------------------------
+
+
+class Claim:
+    """An exclusive ``flock`` on a sample's lock file, held while one process computes the sample.
+
+    The kernel releases it when the holder exits or is killed, so a killed job's samples are free to
+    the next run at once, on any host that shares the file system — no pid to check for liveness.
+    Releasing removes the file; a claimer that locked a file just removed sees its inode gone from
+    the path and opens the new one instead, so two processes never hold one sample.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def take(cls, path: Path, wait: bool) -> Claim | None:
+        """The claim on ``path``; ``None`` if another process holds it and ``wait`` is false."""
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                held = os.fstat(fd)
+                current = os.stat(path)
+                if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                    return cls(path, fd)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+# --------------------------------------------------------------------------------------------------
+# Run directories: one per job configuration, resumable, shardable, shared by concurrent jobs
 # --------------------------------------------------------------------------------------------------
 
 CONFIG_NAME = "config.yaml"
 ENVIRONMENT_NAME = "environment.json"
 RECORDS_GLOB = "samples*.jsonl"
+CLAIMS_NAME = ".claims"
 KEY_FIELDS = ("sample_id", "setting", "sample_index")
+
+
+class HasId(Protocol):
+    id: str
+
+
+S = TypeVar("S", bound=HasId)
 
 
 def record_key(record: dict) -> tuple:
@@ -84,6 +172,8 @@ class RunStore:
     so shards of one run never write the same file; reading merges every ``samples*.jsonl``.
 
     A rerun of the same configuration opens the same directory and skips the keys already there.
+    Jobs of one run that overlap in time (a rerun started while the first is alive, shards given
+    twice) share the work through :meth:`claim_batches`: each sample is computed by one of them.
     """
 
     def __init__(self, directory: str | Path, shard: int = 0, shards: int = 1) -> None:
@@ -92,6 +182,8 @@ class RunStore:
         self.directory = Path(directory)
         name = "samples.jsonl" if shards == 1 else f"samples.shard-{shard}-of-{shards}.jsonl"
         self.path = self.directory / name
+        self._read_up_to: dict[Path, int] = {}
+        self._done: set[tuple] = set()
 
     def open(self, config_yaml: str, environment: dict) -> None:
         """Create the directory and write its configuration and environment (atomically)."""
@@ -103,11 +195,61 @@ class RunStore:
         """Every scored sample of the run, all shards merged; a key recorded twice counts once."""
         return unique_records(self.directory)
 
-    def done(self) -> set[tuple]:
-        return {record_key(record) for record in self.records()}
+    def done(self) -> frozenset[tuple]:
+        """The keys recorded so far by any process; each call reads only what was appended since."""
+        for path in sorted(self.directory.glob(RECORDS_GLOB)):
+            records, self._read_up_to[path] = read_records_from(path, self._read_up_to.get(path, 0))
+            self._done.update(record_key(record) for record in records)
+        return frozenset(self._done)
 
     def append(self, records: Iterable[dict]) -> None:
-        append_records(self.path, records)
+        """Append the records whose key is not recorded yet."""
+        done = self.done()
+        append_records(self.path, (record for record in records if record_key(record) not in done))
+
+    def claim_batches(
+        self, samples: Sequence[S], size: int, settings: Sequence[str], draws: int
+    ) -> Iterator[list[S]]:
+        """Batches of up to ``size`` of ``samples`` for this process to compute, each claimed
+        (:class:`Claim`) until the next batch is asked for; the caller appends a batch's records
+        before asking. A sample is finished once every (setting, draw) is recorded.
+
+        Each batch is re-checked after it is claimed, so a sample that another process finished in
+        the meantime is skipped, never recomputed. Samples other processes are computing are left
+        to them; when only such samples remain, this waits for one of them to be released, then
+        skips it if finished or takes it if its holder died.
+        """
+        claims = self.directory / CLAIMS_NAME
+        claims.mkdir(parents=True, exist_ok=True)
+
+        def claim_path(sample: S) -> Path:
+            return claims / f"{hashlib.sha256(str(sample.id).encode()).hexdigest()[:32]}.lock"
+
+        def unfinished(batch: Iterable[S]) -> list[S]:
+            done = self.done()
+            keys = [(setting, draw) for setting in settings for draw in range(draws)]
+            return [sample for sample in batch if any((sample.id, *key) not in done for key in keys)]
+
+        remaining = unfinished(samples)
+        while remaining:
+            held: list[tuple[S, Claim]] = []
+            for sample in remaining:
+                if len(held) == size:
+                    break
+                if (claim := Claim.take(claim_path(sample), wait=False)) is not None:
+                    held.append((sample, claim))
+            if not held:  # all are being computed elsewhere: wait for the first to be released
+                Claim.take(claim_path(remaining[0]), wait=True).release()
+                remaining = unfinished(remaining)
+                continue
+            try:
+                if batch := unfinished(sample for sample, _ in held):
+                    yield batch
+            finally:
+                for _, claim in held:
+                    claim.release()
+            taken = {id(sample) for sample, _ in held}
+            remaining = unfinished(sample for sample in remaining if id(sample) not in taken)
 
 
 def unique_records(directory: str | Path) -> list[dict]:

@@ -40,9 +40,11 @@ def test_a_failing_test_is_failed_with_its_traceback():
 
 def test_exit_before_the_tests_is_a_failure_but_a_program_may_exit_cleanly():
     early = run_python(["import sys\nsys.exit(0)", "assert False"])
-    assert (early.reason, early.detail) == ("failed", "sys.exit before the tests ran")
-    assert run_python(["print(1)\nraise SystemExit(0)"]).passed
-    assert run_python(["raise SystemExit(2)"]).reason == "failed"
+    assert (early.reason, early.detail) == ("failed", "stage 0: SystemExit: 0")
+    assert not run_python(["print(1)\nraise SystemExit(0)"]).passed
+    assert run_python(["print(1)\nraise SystemExit(0)"], program_may_exit=True).passed
+    assert not run_python(["raise SystemExit(0)", "print(1)"], program_may_exit=True).passed
+    assert run_python(["raise SystemExit(2)"], program_may_exit=True).reason == "failed"
 
 
 def test_an_infinite_loop_is_killed_at_the_wall_clock_timeout():

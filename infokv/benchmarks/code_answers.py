@@ -24,11 +24,13 @@ def extract_code(completion: str) -> str:
 
 
 def run_details(result: RunResult) -> dict[str, Any]:
-    """What a Score keeps of a sandbox run: the reason, how it ended, the layers in place, the stderr tail."""
+    """What a Score keeps of a sandbox run: the reason, how it ended, the layers in place and what no
+    kernel layer enforced, the stderr tail."""
     return {
         "reason": result.reason,
         "detail": result.detail,
         "isolation": list(result.isolation),
+        "unenforced": list(result.unenforced),
         "stderr": result.stderr[-STDERR_KEPT:],
         "seconds": round(result.wall_seconds, 3),
     }

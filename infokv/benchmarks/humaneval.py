@@ -10,7 +10,10 @@ signature and docstring), answering with the whole function in a ```` ```python 
 (:func:`infokv.benchmarks.code_answers.extract_code`). The program run is the problem's prompt (its
 imports and helper functions) followed by the code: when the code defines ``entry_point`` it replaces
 the prompt's stub; otherwise the code is taken as the function's body (indented by four spaces when the
-model wrote it flush left). ``Score.extracted`` is that program; ``details`` keep the sandbox's reason
+model wrote it flush left). The tests run as the sandbox's next stage, after the prompt is run again (so
+the tests use the problem's helpers, whatever the code redefined); only the harness's verdict, written
+after ``check`` returned, passes a completion: an exit, a signal or a replaced builtin before it fails
+(:mod:`infokv.benchmarks.sandbox`). ``Score.extracted`` is that program; ``details`` keep the sandbox's reason
 ("passed", "failed", "timeout", "memory", "killed", "error: ...") and stderr.
 
 Sources:
@@ -58,6 +61,7 @@ COT_INSTRUCTION = (
     "Think step by step about how to solve it, then give the complete function (with its signature) "
     "in a single ```python code block."
 )
+CANDIDATE = "_infokv_candidate"  # the name the test stage keeps the completed function under
 DIRECT_INSTRUCTION = (
     "Reply with only the complete function (with its signature) in a single ```python code block."
 )
@@ -135,10 +139,20 @@ def program(sample: Sample, completion: str) -> str:
     return f"{sample.question}{body}\n"
 
 
+def tests(sample: Sample) -> str:
+    """The test stage: the problem's prompt again (its helpers, e.g. ``poly`` of HumanEval/32, as the
+    problem wrote them, not as the completion may have redefined them), the completed function, then
+    ``check`` on it."""
+    entry_point = sample.meta["entry_point"]
+    return (
+        f"{CANDIDATE} = {entry_point}\n{sample.question}\n{entry_point} = {CANDIDATE}\ndel {CANDIDATE}\n\n"
+        f"{sample.answer}\n\ncheck({entry_point})\n"
+    )
+
+
 def score(sample: Sample, completion: str) -> Score:
     """pass@1: 1 when ``check(entry_point)`` passes on the completed function in the sandbox, else 0."""
     code = program(sample, completion)
-    tests = f"{sample.answer}\n\ncheck({sample.meta['entry_point']})\n"
-    result = run_python([code, tests], limits=Limits(timeout=sample.meta["timeout"]))
+    result = run_python([code, tests(sample)], limits=Limits(timeout=sample.meta["timeout"]))
     value = float(result.passed)
     return Score(value, {METRIC: value}, extracted=code, details=run_details(result))

@@ -8,8 +8,15 @@ the first failing case. Each case is its own sandbox run (a fresh process):
   equal the expected output line by line after whitespace normalisation (each line's whitespace-separated
   tokens, trailing blank lines ignored);
 * ``functional`` tests (LeetCode): the case's input is one JSON value per line, the arguments of
-  ``Solution().<func_name>(*args)`` (``func_name`` from the row's metadata); the return value, as JSON
-  (tuples become lists), must equal the expected JSON output.
+  ``Solution().<func_name>(*args)`` (``func_name`` from the row's metadata); the return value, serialised
+  to JSON by the sandbox's harness (tuples become lists) and parsed here, must equal the expected JSON
+  output.
+
+Both comparisons are made in the scorer's process, never in the program's: the expected outputs never
+enter the sandbox, and what is compared holds only plain values (JSON), so neither replacing ``json`` or
+``print`` nor returning an object whose ``__eq__`` is always true can make a wrong program pass. A stdin
+program may end with ``sys.exit()`` (code 0 or None); any other exit before the harness's verdict fails
+(:mod:`infokv.benchmarks.sandbox`).
 
 Like LiveCodeBench's own harness, the program runs after a prelude of common imports (``typing``,
 ``collections``, ``math``, ``heapq``, ``bisect``, ``itertools``, ``functools``, ``string``, ``re``), as
@@ -168,19 +175,15 @@ def normalised_lines(text: str) -> list[list[str]]:
 def _run_case(
     code: str, case: dict[str, str], func_name: str | None, limits: Limits
 ) -> tuple[RunResult, bool]:
-    """One sandbox run of one test case; (the run, whether its output was right)."""
+    """One sandbox run of one test case; (the run, whether its output was right). The comparison is made
+    here, outside the sandbox: the program's stdout, or the JSON of the method's return value."""
     if case["testtype"] == "stdin":
-        result = run_python([code], stdin=case["input"], limits=limits)
+        result = run_python([code], stdin=case["input"], limits=limits, program_may_exit=True)
         return result, result.passed and normalised_lines(result.stdout) == normalised_lines(case["output"])
-    check = (
-        "import json as _json\n"
-        f"_args = [_json.loads(_line) for _line in {case['input']!r}.strip().splitlines()]\n"
-        f"_got = _json.loads(_json.dumps(Solution().{func_name}(*_args)))\n"
-        f"_expected = _json.loads({case['output']!r})\n"
-        "assert _got == _expected, f'returned {_got!r}, expected {_expected!r}'\n"
-    )
-    result = run_python([code, check], limits=limits)
-    return result, result.passed
+    lines = case["input"].strip().splitlines()
+    call = f"Solution().{func_name}(*[__import__('json').loads(line) for line in {lines!r}])"
+    result = run_python([code], limits=limits, expression=call)
+    return result, result.passed and json.loads(result.value) == json.loads(case["output"])
 
 
 def score(sample: Sample, completion: str) -> Score:
@@ -196,6 +199,8 @@ def score(sample: Sample, completion: str) -> Score:
             details |= {"failed_case": index, "testtype": case["testtype"]}
             if result.passed:
                 details |= {"reason": "failed", "detail": "wrong output", "stdout": result.stdout[-500:]}
+                if result.value is not None:
+                    details["returned"] = result.value[:500]
             break
         passed += 1
     details["cases_passed"] = passed

@@ -1,82 +1,87 @@
-"""Run untrusted Python (a model's code and its tests) in a contained child process.
+"""Run untrusted Python (a model's code and its tests) in a contained child process, and judge it.
 
-:func:`run_python` runs a list of source *stages* (e.g. a solution, then its tests) in one fresh
-interpreter (``python -I``, a new session and process group), in its own temporary directory (its cwd,
-``HOME`` and ``TMPDIR``; deleted afterwards), with a minimal environment and ``stdin`` fed in. The result
-says ``passed`` and why not: ``"passed"``, ``"failed"`` (an exception, an assertion, a non-zero exit, a
-``sys.exit`` before the last stage), ``"timeout"`` (wall clock or CPU time), ``"memory"`` (a
-``MemoryError`` under the address-space limit), ``"killed"`` (ended by another signal) or
-``"error: ..."`` (the sandbox itself could not start). stdout and stderr go to files capped by
+:func:`run_python` runs a list of source *stages* (e.g. a solution, then its tests), and optionally an
+*expression* after them whose value is returned as JSON, in one fresh interpreter (``python -I``, its
+own session), in its own temporary directory (its cwd, ``HOME`` and ``TMPDIR``; deleted afterwards),
+with a minimal environment and ``stdin`` fed in. The child side is :mod:`infokv.benchmarks.sandbox_child`
+(a runner, the code's process and its harness) with the kernel layers of
+:mod:`infokv.benchmarks.sandbox_layers`. The result says ``passed`` and why not: ``"passed"``,
+``"failed"`` (an exception, ``SystemExit`` of any code, an exit or crash before the harness's verdict),
+``"timeout"`` (wall clock or CPU time), ``"memory"`` (a ``MemoryError`` under the address-space limit),
+``"killed"`` (ended by a signal before the verdict) or ``"error: ..."`` (the sandbox itself could not
+start); ``detail`` says which stage and what ended it. stdout and stderr go to files capped by
 ``RLIMIT_FSIZE`` and are kept up to ``Limits.output_bytes``.
 
-What is enforced, and by whom (``RunResult.isolation`` lists the layers that were in place):
+**The verdict.** ``passed`` holds only when the harness, after every stage and the expression ran to the
+end, wrote its verdict line starting with this run's random nonce (128 bits, made here) to a file this
+process opened, unlinked, and handed down; the code's own exit status, stdout or stderr count for
+nothing. The harness binds the functions it uses before any code runs and ends the process right after
+writing (see :mod:`infokv.benchmarks.sandbox_child`). What it cannot stop, as no harness that calls the
+code inside its own process can (OpenAI's and LiveCodeBench's included): code that reads the harness's
+frames or memory (``sys._getframe``, ``gc``, ``ctypes``) to learn the nonce or rewrite the tests' state,
+code that patches a module the tests use (``math``), and a returned object whose ``__eq__`` is always true
+when the *tests* compare it. An expression's value is compared by the caller, outside the sandbox, after
+a JSON round trip, which leaves no such object (JSON holds only plain values).
 
-* Always, by the kernel: ``RLIMIT_CPU`` (soft = ``cpu_seconds``, then SIGKILL one second later),
-  ``RLIMIT_AS`` (``memory_bytes`` of address space per process), ``RLIMIT_FSIZE`` (no file, output
-  included, over ``output_bytes``), ``RLIMIT_CORE`` = 0, ``RLIMIT_NPROC`` (``processes``; see below;
-  the kernel does not apply it to root, not even inside a user namespace),
-  and the wall-clock ``timeout``, after which the host SIGKILLs the whole process group.
-  The code runs as the host's user: a root host keeps root's file access (its interpreter may live
-  under ``/root``), so writes are contained by Landlock, not by file permissions.
-* ``"cgroup-pids"`` — when the host runs as root (exempt from ``RLIMIT_NPROC``) and a ``pids`` cgroup
-  controller is mounted, the run gets its own cgroup with ``pids.max = processes``; after the run every
-  task left in it is killed and the cgroup removed.
-* ``"userns"``, ``"netns"``, ``"pidns"`` — where unprivileged user namespaces are allowed (``unshare``),
-  the child enters new user (its uid mapped to itself), network and PID namespaces: the network
-  namespace has no interface but a downed loopback, so no connection of any protocol can reach the host
-  or the internet; ``RLIMIT_NPROC`` counts only
-  the processes of that namespace; and when the code's process (PID 1 there) ends, the kernel kills
-  every process left in the namespace, including ones that left the process group with ``setsid``.
-* ``"landlock-fs"``, ``"landlock-tcp"`` — where the Landlock LSM is enabled (Linux >= 5.13; TCP from
-  ABI 4, Linux 6.7), the code may create, write, truncate, rename or delete files only under its
-  directory (and write ``/dev/null``), and may not connect or bind TCP sockets (UDP is stopped only by
-  ``netns``, else by the Python guards). Landlock needs no privilege.
-* ``"python-guards"`` — only where a kernel layer above is missing: a preamble run before the code
-  replaces ``socket.socket`` (without ``netns``, even with ``landlock-tcp``) and the writing functions of
-  ``builtins``/``io``/``os`` (without ``landlock-fs``) by ones that refuse. These are a best effort:
-  code that uses ``ctypes`` or re-imports C modules can get around them.
-* Outside a user namespace, ``RLIMIT_NPROC`` counts every process of the user: it is set to the
-  user's current count plus ``processes``, so concurrent sandboxes of one user share that margin; and
-  without the PID namespace or the cgroup, a process that left the process group (``setsid``) and
-  sleeps is found after the run by the ``INFOKV_SANDBOX`` variable of its environment and killed
-  (best effort: code could overwrite its environment block).
+**Containment** (``RunResult.isolation`` lists the layers in place, ``RunResult.unenforced`` what no kernel
+layer enforced in that run):
 
-Measured on this project's development machine (root, Linux 6.18, Landlock ABI 7): every layer but
-``"python-guards"``; run there as ``nobody``: ``userns``, ``netns``, ``pidns`` and both Landlock layers.
+* Always: ``RLIMIT_CPU`` (soft = ``cpu_seconds``, then SIGKILL one second later), ``RLIMIT_AS``
+  (``memory_bytes`` per process), ``RLIMIT_FSIZE`` (``output_bytes``), ``RLIMIT_CORE`` = 0,
+  ``RLIMIT_NPROC`` (``processes``; outside a user namespace on top of the user's count; the kernel
+  exempts root) and the wall-clock ``timeout``. ``"subreaper"``: the runner is a child subreaper and
+  non-dumpable; after the run it SIGKILLs the code's process group and every descendant until none is
+  left, so no daemon survives (``setsid`` or a double fork included), and its environment (the only one
+  the code's parent has) is this minimal one. ``"no-caps"``: the code has no capability (a root host
+  keeps uid 0 but none of root's powers).
+* ``"seccomp"`` (x86-64): no ``socket(AF_UNIX, ...)``, ptrace, ``process_vm_readv``/``writev``,
+  ``pidfd_getfd``, io_uring. ``"seccomp-signals"``, without the PID namespace: signals (``kill``,
+  ``tgkill``, ``rt_sigqueueinfo``...) only to the code's own process group or the code's process.
+* ``"cgroup-pids"``: when the host runs as root and a ``pids`` cgroup controller is writable, the run's
+  own cgroup with ``pids.max = processes``; every task left in it is killed after the run.
+* ``"userns"``, ``"netns"``, ``"pidns"``, where unprivileged user namespaces are allowed: no network
+  interface but a downed loopback (no connection of any protocol, abstract UNIX sockets included), and
+  the code's process is PID 1 of its namespace: signals reach only the run, and the kernel kills every
+  process of the run when it ends.
+* ``"landlock-fs"``, ``"landlock-tcp"``, ``"landlock-scope"`` (Linux >= 5.13; TCP from ABI 4, scopes from
+  ABI 6): reads only under the interpreter's executable, standard library and site-packages, the system's
+  shared libraries, ``/proc`` and the run directory (not the benchmark cache, the home directory or the
+  project); writes only in the run directory; no TCP; no signal or abstract UNIX socket to a process
+  outside the run; and, as in every Landlock domain, no ptrace access (``/proc/<pid>/environ``, ``mem``)
+  to any process outside it.
+* ``"python-guards"``, only where a kernel layer is missing: ``socket``, ``open`` and the writing
+  functions of ``os`` refuse (best effort: ``ctypes`` or ``_io`` get around them).
 
-Reading is not restricted: the code can read whatever its user may read on the host. The sandbox
-contains the code; it does not defend a *score* against code written to fake a pass (``os._exit(0)``
-before the tests run); ``sys.exit`` and ``exit`` before the last stage are caught and count as failed.
-
-This module is also the child's entry point (``python -I sandbox.py SPEC``), so it imports only the
-standard library.
+Without user namespaces and Landlock (``namespaces_and_landlock=False``, or a kernel without them),
+``unenforced`` lists ``"file reads"``, ``"file writes"``, ``"network"`` and ``"other processes' /proc
+files"`` (the environment and memory of the user's other processes stay readable to a non-root user's
+code); signals, UNIX sockets and daemons stay contained by ``seccomp-signals``, ``seccomp`` and the
+subreaper. Measured on this project's development machine (root, Linux 6.18, Landlock ABI 7): every
+layer but ``"python-guards"`` and an empty ``unenforced``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
-import resource
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+CHILD = Path(__file__).with_name("sandbox_child.py")
 PIDS_CGROUPS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))  # cgroup v1, then v2
-EXIT_FAILED = 1
-EXIT_MEMORY = 3
-EXIT_EARLY = 4  # sys.exit before the last stage: the tests never ran
 TRUNCATED = "\n[... output truncated ...]"
-MARK = "INFOKV_SANDBOX"  # environment variable naming the run, to find its processes
+GRACE = 10.0  # seconds past the timeout before the host kills a runner that did not end by itself
+VERDICT_MARGIN = 4096  # bytes of the file-size limit left for the verdict line around an expression's value
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,10 @@ class Limits:
 @dataclass(frozen=True)
 class RunResult:
     """The outcome of one run: ``reason`` is "passed", "failed", "timeout", "memory", "killed" or
-    "error: ..."; ``detail`` says more (exit code, signal, CPU seconds); ``isolation`` lists the
-    containment layers that were in place (see the module docstring)."""
+    "error: ..."; ``detail`` says more (the stage and exception, exit code, signal, CPU seconds);
+    ``value`` is the expression's value as JSON text (None without one, or when the run did not pass);
+    ``isolation`` lists the containment layers in place, ``unenforced`` what no kernel layer enforced
+    (see the module docstring)."""
 
     passed: bool
     reason: str
@@ -114,6 +121,8 @@ class RunResult:
     detail: str
     wall_seconds: float
     isolation: tuple[str, ...]
+    unenforced: tuple[str, ...] = ()
+    value: str | None = None
 
 
 def run_python(
@@ -122,17 +131,38 @@ def run_python(
     limits: Limits | None = None,
     root: str | Path | None = None,
     namespaces_and_landlock: bool = True,
+    expression: str | None = None,
+    program_may_exit: bool = False,
 ) -> RunResult:
-    """Run the source ``stages`` one after another in one contained interpreter (names defined by a stage
-    are seen by the next; ``__name__ == "__main__"``); ``root`` is where its temporary directory is made.
-    ``namespaces_and_landlock=False`` leaves those layers out (to exercise the Python-level fallback)."""
+    """Run the source ``stages`` one after another in one contained interpreter (each in a copy of the
+    names the ones before it defined; ``__name__ == "__main__"``), then evaluate ``expression`` (if given)
+    likewise; ``root`` is where its temporary directory is made. ``program_may_exit`` lets ``SystemExit``
+    of code 0 or None end the last stage normally (a program's ``sys.exit()``); otherwise any
+    ``SystemExit`` fails the run. ``namespaces_and_landlock=False`` leaves those layers out (the fallback
+    of kernels without them)."""
     limits = limits or Limits()
     if not stages or not all(isinstance(stage, str) for stage in stages):
         raise ValueError("sandbox: stages must be a non-empty sequence of source strings")
+    if expression is not None and not isinstance(expression, str):
+        raise ValueError(f"sandbox: expression={expression!r} must be source text or None")
     directory = Path(tempfile.mkdtemp(prefix="sandbox-", dir=root))
     cgroup = _pids_cgroup(directory.name, limits.processes) if os.geteuid() == 0 else None
+    spec = {
+        "kernel": namespaces_and_landlock,
+        "directory": str(directory),
+        "cgroup": str(cgroup) if cgroup else None,
+        "stages": list(stages),
+        "expression": expression,
+        "program_may_exit": program_may_exit,
+        "nonce": secrets.token_hex(16),
+        "timeout": limits.timeout,
+        "cpu": limits.cpu,
+        "memory": limits.memory_bytes,
+        "processes": limits.processes,
+        "fsize": limits.output_bytes + VERDICT_MARGIN,
+    }
     try:
-        return _run_in(directory, list(stages), stdin, limits, cgroup, namespaces_and_landlock)
+        return _run_in(directory, spec, stdin, limits)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         if cgroup is not None:
@@ -169,88 +199,93 @@ def _remove_cgroup(cgroup: Path) -> None:
             time.sleep(0.01)
 
 
-def _run_in(
-    directory: Path, stages: list[str], stdin: str, limits: Limits, cgroup: Path | None, kernel: bool
-) -> RunResult:
-    spec = {
-        "kernel": kernel,
-        "directory": str(directory),
-        "cgroup": str(cgroup) if cgroup else None,
-        "stages": stages,
-        "cpu": limits.cpu,
-        "memory": limits.memory_bytes,
-        "processes": limits.processes,
-        "fsize": limits.output_bytes + 1,  # one byte more shows that output was cut
-    }
-    (directory / "spec.json").write_text(json.dumps(spec))
+def _run_in(directory: Path, spec: dict, stdin: str, limits: Limits) -> RunResult:
     env = {"HOME": str(directory), "TMPDIR": str(directory), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     env |= {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    env[MARK] = directory.name
-    report_read, report_write = os.pipe()
     start = time.monotonic()
     with (
         tempfile.TemporaryFile() as out,
         tempfile.TemporaryFile() as err,
         tempfile.TemporaryFile() as given,
+        tempfile.TemporaryFile() as spec_file,
+        tempfile.TemporaryFile() as report_file,
+        tempfile.TemporaryFile() as verdict_file,
     ):
         given.write(stdin.encode())
         given.seek(0)
+        spec_file.write(json.dumps(spec).encode())
+        spec_file.seek(0)
+        channels = (spec_file.fileno(), report_file.fileno(), verdict_file.fileno())
         process = subprocess.Popen(
-            [sys.executable, "-I", "-B", __file__, str(directory / "spec.json"), str(report_write)],
+            [sys.executable, "-I", "-B", str(CHILD), *(str(fd) for fd in channels)],
             stdin=given,
             stdout=out,
             stderr=err,
             cwd=directory,
             env=env,
-            pass_fds=(report_write,),
+            pass_fds=channels,
             start_new_session=True,
         )
-        os.close(report_write)
-        timed_out = False
         try:
-            process.wait(timeout=limits.timeout)
+            process.wait(timeout=limits.timeout + GRACE)
         except subprocess.TimeoutExpired:
-            timed_out = True
-        _kill_group(process.pid)
-        _kill_marked(f"{MARK}={directory.name}".encode())
-        process.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         wall = time.monotonic() - start
-        with os.fdopen(report_read, "rb") as handle:
-            report = _parse_report(handle.read())
+        report = _parse_lines(report_file)
+        verdicts = _verdict_lines(verdict_file, spec["nonce"])
         stdout, stderr = _read_capped(out, limits.output_bytes), _read_capped(err, limits.output_bytes)
-    isolation = tuple(report.get("isolation", ()))
-    reason, detail = _verdict(report, timed_out, limits, process.returncode)
-    return RunResult(reason == "passed", reason, stdout, stderr, detail, wall, isolation)
+    isolation = tuple(report.get("isolation", ())) + tuple(verdicts.get("isolation", ()))
+    reason, detail = _verdict(report, verdicts, limits, process.returncode)
+    value = verdicts.get("value") if reason == "passed" else None
+    unenforced = _unenforced(isolation)
+    return RunResult(reason == "passed", reason, stdout, stderr, detail, wall, isolation, unenforced, value)
 
 
-def _parse_report(raw: bytes) -> dict:
+def _parse_lines(handle) -> dict:
     """The runner's report: JSON lines merged; a line cut short by a kill is left out."""
+    handle.seek(0)
     report: dict = {}
-    for line in raw.splitlines():
+    for line in handle.read().splitlines():
         with contextlib.suppress(ValueError):
             report |= json.loads(line)
     return report
 
 
-def _kill_group(group: int) -> None:
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _verdict_lines(handle, nonce: str) -> dict:
+    """The harness's lines of the verdict file: those starting with this run's nonce (anything else is
+    the code's and ignored); ``verdicts`` lists each "status stage description" line."""
+    handle.seek(0)
+    found: dict = {"verdicts": []}
+    for raw in handle.read().decode("utf-8", "replace").splitlines():
+        mark, _, rest = raw.partition(" ")
+        if mark != nonce:
+            continue
+        kind, _, payload = rest.partition(" ")
+        if kind == "isolation":
+            with contextlib.suppress(ValueError):
+                found["isolation"] = json.loads(payload)
+        elif kind == "value":
+            found["value"] = payload
+        else:
+            found["verdicts"].append(rest)
+    return found
 
 
-def _kill_marked(mark: bytes) -> None:
-    """SIGKILL the host user's processes whose environment carries ``mark`` (the run's own variable):
-    catches processes that left the process group where no PID namespace or cgroup holds them."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            mine = os.stat(entry.path).st_uid == os.geteuid()
-            if mine and mark in Path(entry.path, "environ").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except OSError:
-            continue
+def _unenforced(isolation: Sequence[str]) -> tuple[str, ...]:
+    """What no kernel layer of ``isolation`` enforced (see the module docstring)."""
+    layers = set(isolation)
+    missing = []
+    if "landlock-fs" not in layers:
+        missing += ["file reads", "file writes", "other processes' /proc files"]
+    if "netns" not in layers:
+        missing.append("udp" if "landlock-tcp" in layers else "network")
+    if "seccomp" not in layers:
+        missing.append("unix sockets")
+    if not {"pidns", "seccomp-signals"} & layers:
+        missing.append("signals")
+    return tuple(missing)
 
 
 def _read_capped(handle, limit: int) -> str:
@@ -260,249 +295,33 @@ def _read_capped(handle, limit: int) -> str:
     return text + TRUNCATED if len(data) > limit else text
 
 
-def _verdict(report: dict, timed_out: bool, limits: Limits, runner_code: int | None) -> tuple[str, str]:
-    """(reason, detail) from the runner's report of its child's wait status and CPU time."""
+def _signal_name(number: int) -> str:
+    return signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
+
+
+def _verdict(report: dict, verdicts: dict, limits: Limits, runner_code: int | None) -> tuple[str, str]:
+    """(reason, detail): the harness's verdict line decides; without one, how the code's process ended."""
     if "error" in report:
         return f"error: {report['error']}", ""
-    if timed_out:
-        return "timeout", f"wall clock over {limits.timeout:g} s"
     if "status" not in report:
         return "error: the sandbox runner ended without a report", f"runner exit {runner_code}"
+    if report["timed_out"]:
+        return "timeout", f"wall clock over {limits.timeout:g} s"
+    lines = verdicts["verdicts"]
     status, cpu = report["status"], report["cpu"]
+    if len(lines) == 1:
+        verdict, where, description = (lines[0].split(" ", 2) + ["", ""])[:3]
+        if verdict == "passed":
+            return "passed", ""
+        return ("memory" if verdict == "memory" else "failed"), f"{where.replace('-', ' ')}: {description}"
+    if lines:
+        return "failed", f"{len(lines)} verdicts for one run"
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
-        reasons = {0: "passed", EXIT_MEMORY: "memory"}
-        detail = "sys.exit before the tests ran" if code == EXIT_EARLY else f"exit code {code}"
-        return reasons.get(code, "failed"), detail
+        if code == 70:
+            return "error: the sandbox could not set up its layers", "see stderr"
+        return "failed", f"the process exited (code {code}) before the harness's verdict"
     number = os.WTERMSIG(status)
-    name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
     if number in (signal.SIGXCPU, signal.SIGKILL) and cpu >= limits.cpu - 0.05:
-        return "timeout", f"CPU time {cpu:.1f} s over {limits.cpu} s ({name})"
-    return "killed", f"{name} after {cpu:.1f} s CPU"
-
-
-# ---------------------------------------------------------------- the child side (runs in the sandbox)
-
-CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWPID = 0x10000000, 0x40000000, 0x20000000
-PR_SET_NO_NEW_PRIVS = 38
-SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
-LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
-# Landlock filesystem rights that change the filesystem, by the ABI version that introduced them
-LANDLOCK_WRITE_RIGHTS = {
-    1: 0x2 | 0x10 | 0x20 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800 | 0x1000,  # write, remove, make
-    2: 0x2000,  # refer (rename or link across directories)
-    3: 0x4000,  # truncate
-}
-LANDLOCK_FILE_WRITE = 0x2 | 0x4000  # write + truncate: the rights a rule on a single file may grant
-LANDLOCK_NET_TCP = 0x1 | 0x2  # bind, connect
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64)]
-
-
-class _PathBeneathAttr(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> int:
-    if result < 0:
-        raise OSError(ctypes.get_errno(), f"{what}: {os.strerror(ctypes.get_errno())}")
-    return result
-
-
-def _enter_namespaces() -> bool:
-    """New user, network and PID namespaces, the user mapped to itself; False where not allowed."""
-    uid, gid = os.getuid(), os.getgid()
-    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) != 0:
-        return False
-    Path("/proc/self/setgroups").write_text("deny")
-    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
-    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
-    return True
-
-
-def _namespaces_allowed() -> bool:
-    """Whether :func:`_enter_namespaces` works here, tried in a throwaway child: a half-made user
-    namespace (created, but its uid map refused, as under some AppArmor policies) cannot be left."""
-    probe = os.fork()
-    if probe == 0:
-        try:
-            os._exit(0 if _enter_namespaces() else 1)
-        except BaseException:
-            os._exit(1)
-    return os.waitpid(probe, 0)[1] == 0
-
-
-def _landlock(directory: str) -> list[str]:
-    """Restrict filesystem writes to ``directory`` (and /dev/null), and TCP where the ABI allows; [] where
-    Landlock is missing or refused (nothing is restricted until the last call succeeds)."""
-    try:
-        return _restrict_with_landlock(directory)
-    except OSError:
-        return []
-
-
-def _restrict_with_landlock(directory: str) -> list[str]:
-    abi = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    if abi < 1:
-        return []
-    fs = sum(rights for version, rights in LANDLOCK_WRITE_RIGHTS.items() if version <= abi)
-    net = LANDLOCK_NET_TCP if abi >= 4 else 0
-    attr = _RulesetAttr(fs, net)
-    size = ctypes.sizeof(attr) if net else ctypes.sizeof(ctypes.c_uint64)
-    ruleset = _check(_libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0), "landlock")
-    for path, rights in ((directory, fs), ("/dev/null", fs & LANDLOCK_FILE_WRITE)):
-        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        rule = _PathBeneathAttr(rights, handle)
-        kind = LANDLOCK_RULE_PATH_BENEATH
-        added = _libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, kind, ctypes.byref(rule), 0)
-        _check(added, f"landlock rule for {path}")
-        os.close(handle)
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
-    os.close(ruleset)
-    return ["landlock-fs", "landlock-tcp"] if net else ["landlock-fs"]
-
-
-def _user_tasks(uid: int) -> int:
-    """Processes and threads of ``uid`` (what ``RLIMIT_NPROC`` counts outside a user namespace)."""
-    count = 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.stat(entry.path).st_uid == uid:
-                    count += len(os.listdir(f"{entry.path}/task"))
-            except OSError:
-                continue
-    return count
-
-
-def _set_limits(spec: dict, namespaced: bool) -> None:
-    nproc = spec["processes"] + (0 if namespaced else _user_tasks(os.getuid()))
-    limits = {
-        resource.RLIMIT_CPU: (spec["cpu"], spec["cpu"] + 1),
-        resource.RLIMIT_AS: (spec["memory"], spec["memory"]),
-        resource.RLIMIT_FSIZE: (spec["fsize"], spec["fsize"]),
-        resource.RLIMIT_NPROC: (nproc, nproc),
-        resource.RLIMIT_CORE: (0, 0),
-    }
-    for kind, value in limits.items():
-        resource.setrlimit(kind, value)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail with EFBIG instead of a kill
-
-
-def _python_guards(directory: str, network: bool, files: bool) -> None:
-    """The best-effort Python-level fallback for missing kernel layers (see the module docstring)."""
-    import builtins
-    import io
-    import socket
-
-    def refuse_network(*args, **kwargs):
-        raise PermissionError("network access is disabled in the sandbox")
-
-    if network:
-        socket.socket = socket.create_connection = socket.socketpair = refuse_network  # type: ignore[misc]
-    if not files:
-        return
-    inside = os.path.realpath(directory) + os.sep
-
-    def check(path) -> None:
-        if isinstance(path, int):
-            return
-        if not os.path.realpath(os.fsdecode(path)).startswith(inside):
-            raise PermissionError(f"writing outside the sandbox directory is disabled: {path!r}")
-
-    def guarded_open(file, mode="r", *args, **kwargs):
-        if any(flag in mode for flag in "wax+"):
-            check(file)
-        return real_open(file, mode, *args, **kwargs)
-
-    def guarded_os_open(path, flags, *args, **kwargs):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
-            check(path)
-        return real_os_open(path, flags, *args, **kwargs)
-
-    def guard(function):
-        def guarded(*paths, **kwargs):
-            for path in paths[:2]:
-                check(path)
-            return function(*paths, **kwargs)
-
-        return guarded
-
-    real_open, real_os_open = builtins.open, os.open
-    builtins.open = io.open = guarded_open
-    os.open = guarded_os_open
-    for name in ("remove", "unlink", "rmdir", "rename", "replace", "mkdir", "symlink", "link", "truncate"):
-        setattr(os, name, guard(getattr(os, name)))
-
-
-def _execute(stages: list[str]) -> int:
-    """Run the stages in one namespace; the exit code tells the host how it went."""
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    for index, source in enumerate(stages):
-        last = index == len(stages) - 1
-        try:
-            exec(compile(source, f"<stage {index}>", "exec"), namespace)
-        except SystemExit as stop:
-            if not last:
-                return EXIT_EARLY
-            code = stop.code
-            if code is not None and not isinstance(code, int):
-                print(code, file=sys.stderr)
-            return 0 if code is None else code if isinstance(code, int) else EXIT_FAILED
-        except MemoryError:
-            return EXIT_MEMORY
-        except BaseException as error:  # the traceback without this runner's own frame
-            traceback.print_exception(type(error), error, error.__traceback__.tb_next)
-            return EXIT_FAILED
-    return 0
-
-
-def _child_main(spec_path: str, report_fd: int) -> None:
-    """Set up the layers, fork the code's process, and report its wait status and CPU time to the host."""
-    report = os.fdopen(report_fd, "w")
-    try:
-        spec = json.loads(Path(spec_path).read_text())
-        isolation = []
-        if spec["cgroup"]:
-            Path(spec["cgroup"], "cgroup.procs").write_text(str(os.getpid()))
-            isolation.append("cgroup-pids")
-        namespaced = spec["kernel"] and _namespaces_allowed() and _enter_namespaces()
-        if namespaced:
-            isolation += ["userns", "netns", "pidns"]
-        if spec["kernel"]:
-            isolation += _landlock(spec["directory"])
-        network_guard = "netns" not in isolation  # Landlock alone leaves UDP open
-        files_guard = "landlock-fs" not in isolation
-        if network_guard or files_guard:
-            isolation.append("python-guards")
-    except Exception as error:  # the sandbox itself failed: no code has run
-        json.dump({"error": f"{type(error).__name__}: {error}"}, report)
-        report.close()
-        os._exit(1)
-    report.write(json.dumps({"isolation": isolation}) + "\n")
-    report.flush()
-    child = os.fork()
-    if child == 0:
-        report.close()
-        _set_limits(spec, namespaced)
-        if network_guard or files_guard:
-            _python_guards(spec["directory"], network_guard, files_guard)
-        code = _execute(spec["stages"])
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    _, status, usage = os.wait4(child, 0)
-    json.dump({"status": status, "cpu": usage.ru_utime + usage.ru_stime}, report)
-    report.close()
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1], int(sys.argv[2]))
+        return "timeout", f"CPU time {cpu:.1f} s over {limits.cpu} s ({_signal_name(number)})"
+    return "killed", f"{_signal_name(number)} after {cpu:.1f} s CPU, before the harness's verdict"

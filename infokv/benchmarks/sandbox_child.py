@@ -1,0 +1,226 @@
+"""The sandbox's child side: the runner process and the harness that runs the code (see
+:mod:`infokv.benchmarks.sandbox`, which starts ``python -I -B sandbox_child.py SPEC REPORT VERDICT``, the
+three being inherited file descriptors).
+
+The **runner** reads the run's spec from an inherited, unlinked file (no copy of it lies in the run
+directory), makes itself non-dumpable (no other process of its user reads its memory or environment) and
+a child subreaper (every orphaned descendant of the run becomes its child), joins the run's cgroup,
+enters the namespaces where allowed, and forks the **code's process**. It waits for that process up to the
+wall-clock timeout, SIGKILLs it, then SIGKILLs every process left below itself (the process group, then each
+descendant, until none is left), and writes the wait status, CPU time and containment layers to the report
+file.
+
+The code's process sets up the kernel layers (:mod:`infokv.benchmarks.sandbox_layers`) on itself and
+runs the **harness**: it binds everything it will use afterwards (``compile``, ``exec``, ``os.write``,
+``os._exit``, ``os.getpid``, the exception classes, a JSON encoder, the formatter of tracebacks, a
+snapshot of the builtins) *before* any code runs, then runs the stages. Each stage runs in a fresh
+namespace: a copy of the names the stages before it defined, with a fresh copy of the builtins as they
+were before the first stage (so a stage that replaces ``builtins.abs`` or ``globals()['__builtins__']``
+changes nothing the next stage sees). Only when every stage (and the expression, if any) ran to the end,
+the harness writes its verdict, one line starting with the run's random nonce, to the verdict file (an
+unlinked file the scorer opened and the code's process inherited), and ends the process at once with
+``os._exit``: no ``atexit`` handler, ``finally`` of the code or daemon thread runs after it. A stage that
+raises anything (``SystemExit`` of any code, ``KeyboardInterrupt`` and ``MemoryError`` included) makes the
+harness write a failed verdict naming it; a process that ends otherwise (``os._exit``, a signal, a crash)
+writes none, which the scorer reads as a failure. The one exception: with ``program_may_exit``, a
+``SystemExit`` of code 0 or ``None`` ends the last stage like a program's normal end (stdin/stdout
+programs, whose output the scorer compares itself). A copy of the process made by ``fork`` never writes a
+verdict: the harness checks its pid before every stage and before writing.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sandbox_layers as layers  # noqa: E402  (a sibling module, found through the line above)
+
+ERROR_TEXT = 2000  # characters of a failure's description kept in the verdict
+
+
+# ---------------------------------------------------------------- the harness (in the code's process)
+
+
+def harness(spec: dict, verdict_fd: int) -> None:
+    """Run the stages and write the verdict (see the module docstring); never returns."""
+    _compile, _exec, _eval, _write, _exit, _getpid = compile, exec, eval, os.write, os._exit, os.getpid
+    _type, _str, _int, _len, _dict = type, str, int, len, dict
+    _base_exception, _system_exit, _memory_error = BaseException, SystemExit, MemoryError
+    _describe_error, _format = describe, traceback.format_exception
+    _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    _flush = (sys.stdout.flush, sys.stderr.flush)
+    snapshot = _dict(builtins.__dict__)
+    nonce, may_exit, me = spec["nonce"], spec["program_may_exit"], _getpid()
+    stages = [(source, "exec") for source in spec["stages"]]
+    if spec["expression"] is not None:
+        stages.append((spec["expression"], "eval"))
+    names: dict = {"__name__": "__main__"}
+    status, where, description, value = "passed", "-", "", None
+    for index, (source, mode) in enumerate(stages):
+        if _getpid() != me:
+            _exit(0)
+        names = _dict(names)
+        names["__builtins__"] = _dict(snapshot)
+        try:
+            code = _compile(source, f"<stage {index}>", mode, dont_inherit=True, optimize=0)
+            if mode == "exec":
+                _exec(code, names)
+            else:
+                value = _encode(_eval(code, names))
+        except _base_exception as error:
+            kind = _type(error)
+            exit_code = error.code if kind is _system_exit else 1
+            normal_end = exit_code is None or (_type(exit_code) is _int and exit_code == 0)
+            if may_exit and index == _len(stages) - 1 and kind is _system_exit and normal_end:
+                break
+            status = "memory" if kind is _memory_error else "failed"
+            where, description = f"stage-{index}", _describe_error(error, _format, _type, _str, _write)
+            break
+    if _getpid() != me:
+        _exit(0)
+    for flush in _flush:
+        try:
+            flush()
+        except _base_exception:
+            pass
+    line = f"{nonce} {status} {where} {description}\n"
+    if value is not None and status == "passed":
+        line += f"{nonce} value {value}\n"
+    try:
+        _write(verdict_fd, line.encode("utf-8", "replace"))
+    finally:
+        _exit(0)
+
+
+def describe(error: BaseException, _format, _type, _str, _write) -> str:
+    """The exception on stderr (its traceback without the harness's frame) and as one line; a failure to
+    describe it (code can make ``__repr__`` raise) changes nothing but the words."""
+    try:
+        text = "".join(_format(_type(error), error, error.__traceback__.tb_next))
+        _write(2, text.encode("utf-8", "replace"))
+        last = text.rstrip().splitlines()[-1]
+    except BaseException:
+        try:
+            last = _type(error).__name__
+        except BaseException:
+            last = "an exception"
+    return _str(last).replace("\n", " ")[:ERROR_TEXT]
+
+
+def code_process(spec: dict, verdict_fd: int, namespaced: bool) -> None:
+    """The code's process: kernel layers on itself, then the harness; never returns."""
+    try:
+        isolation = []
+        if not namespaced:
+            os.setpgid(0, 0)  # its own process group, the one its signals may reach
+        layers.set_limits(spec["cpu"], spec["memory"], spec["fsize"], spec["processes"], namespaced)
+        if spec["kernel"]:
+            isolation += layers.landlock(spec["directory"])
+        layers.prctl(layers.PR_SET_NO_NEW_PRIVS, 1)
+        if layers.drop_capabilities():
+            isolation.append("no-caps")
+        if layers.seccomp(None if namespaced else os.getpid()):
+            isolation += ["seccomp"] + ([] if namespaced else ["seccomp-signals"])
+        network_guard = not namespaced
+        files_guard = "landlock-fs" not in isolation
+        if network_guard or files_guard:
+            layers.python_guards(spec["directory"], network_guard, files_guard)
+            isolation.append("python-guards")
+        os.write(verdict_fd, f"{spec['nonce']} isolation {json.dumps(isolation)}\n".encode())
+    except BaseException as error:  # the sandbox itself failed: no code has run
+        os.write(2, f"sandbox set-up: {type(error).__name__}: {error}\n".encode())
+        os._exit(70)
+    harness(spec, verdict_fd)
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def _descendants(root: int) -> list[int]:
+    """Processes whose parent is ``root`` (as a subreaper, every orphan of the run is one of them)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"{entry.path}/stat", "rb") as handle:
+                    fields = handle.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == root:
+                found.append(int(entry.name))
+    return found
+
+
+def _sweep(group: int) -> None:
+    """SIGKILL the code's process group, then every descendant left, until none is; reap them all."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGKILL)
+    me = os.getpid()
+    for _ in range(1000):
+        left = _descendants(me)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        if not left:
+            return
+        time.sleep(0.001)
+
+
+def _wait(child: int, timeout: float) -> tuple[int, float, bool]:
+    """(wait status, CPU seconds, timed out) of ``child``, SIGKILLed at ``timeout`` seconds."""
+    handle = os.pidfd_open(child)
+    timed_out = not select.select([handle], [], [], timeout)[0]
+    os.close(handle)
+    if timed_out:
+        os.kill(child, signal.SIGKILL)
+    _, status, usage = os.wait4(child, 0)
+    return status, usage.ru_utime + usage.ru_stime, timed_out
+
+
+def runner(spec_fd: int, report_fd: int, verdict_fd: int) -> None:
+    """Set up, fork the code's process, wait, sweep, report (see the module docstring)."""
+    report = os.fdopen(report_fd, "w")
+    try:
+        with os.fdopen(spec_fd, "rb") as handle:
+            spec = json.loads(handle.read())
+        layers.prctl(layers.PR_SET_DUMPABLE, 0)
+        layers.prctl(layers.PR_SET_CHILD_SUBREAPER, 1)
+        isolation = ["subreaper"]
+        if spec["cgroup"]:
+            with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as handle:
+                handle.write(str(os.getpid()))
+            isolation.append("cgroup-pids")
+        namespaced = spec["kernel"] and layers.namespaces_allowed() and layers.enter_namespaces()
+        if namespaced:
+            isolation += ["userns", "netns", "pidns"]
+    except Exception as error:  # the sandbox itself failed: no code has run
+        json.dump({"error": f"{type(error).__name__}: {error}"}, report)
+        report.close()
+        os._exit(1)
+    report.write(json.dumps({"isolation": isolation}) + "\n")
+    report.flush()
+    child = os.fork()
+    if child == 0:
+        report.close()
+        code_process(spec, verdict_fd, namespaced)
+    os.close(verdict_fd)
+    status, cpu, timed_out = _wait(child, spec["timeout"])
+    _sweep(child)
+    report.write(json.dumps({"status": status, "cpu": cpu, "timed_out": timed_out}) + "\n")
+    report.close()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    runner(*(int(argument) for argument in sys.argv[1:4]))

@@ -44,6 +44,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sandbox_layers as layers  # noqa: E402  (a sibling module, found through the line above)
 
 ERROR_TEXT = 2000  # characters of a failure's description kept in the verdict
+# imported before the code runs, so that their state can be restored for the stages after it
+PRELOADED = ("math", "random", "copy", "re", "string", "itertools", "functools", "collections", "heapq",
+             "bisect", "typing", "hashlib", "fractions", "decimal", "statistics")
 
 
 # ---------------------------------------------------------------- the harness (in the code's process)
@@ -58,6 +61,7 @@ def harness(spec: dict, verdict_fd: int) -> None:
     _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
     _flush = (sys.stdout.flush, sys.stderr.flush)
     snapshot = _dict(builtins.__dict__)
+    restore_modules = _module_restorer(_dict, _type)
     nonce, may_exit, me = spec["nonce"], spec["program_may_exit"], _getpid()
     stages = [(source, "exec") for source in spec["stages"]]
     if spec["expression"] is not None:
@@ -69,6 +73,8 @@ def harness(spec: dict, verdict_fd: int) -> None:
             _exit(0)
         names = _dict(names)
         names["__builtins__"] = _dict(snapshot)
+        if index:
+            restore_modules()
         try:
             code = _compile(source, f"<stage {index}>", mode, dont_inherit=True, optimize=0)
             if mode == "exec":
@@ -98,6 +104,26 @@ def harness(spec: dict, verdict_fd: int) -> None:
         _write(verdict_fd, line.encode("utf-8", "replace"))
     finally:
         _exit(0)
+
+
+def _module_restorer(_dict, _type):
+    """A function that puts every module loaded now back into ``sys.modules`` with its attributes as they
+    are now (a stage that replaces ``math.fabs`` or ``json.loads`` changes nothing the next stage sees);
+    it uses nothing that code could replace but the modules' dictionaries it restores."""
+    for name in PRELOADED:
+        __import__(name)
+    modules = sys.modules
+    entries = _dict(modules)
+    loaded = [module for module in entries.values() if _type(module) is _type(sys)]
+    saved = [(vars(module), _dict(vars(module))) for module in loaded]
+
+    def restore() -> None:
+        modules.update(entries)
+        for namespace, attributes in saved:
+            namespace.clear()
+            namespace.update(attributes)
+
+    return restore
 
 
 def describe(error: BaseException, _format, _type, _str, _write) -> str:

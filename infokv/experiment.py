@@ -16,13 +16,16 @@ answer, score, metrics and engine statistics; a rerun of the same configuration 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
+import os
 import platform
+import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -34,10 +37,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from infokv import benchmarks, methods
+from infokv.config_values import boolean, choice, integer, number, optional_integer, text
 from infokv.engine import COMPRESS_MODES, Setting, build_settings, generate_sweep
+from infokv.hooks import SUPPORTED_ATTENTION
 from infokv.methods.base import Method
-from infokv.models import load_model
-from infokv.results import RunStore, records_frame
+from infokv.models import check_device, load_tokenizer, load_weights
+from infokv.results import RECORDS_GLOB, RunStore, records_frame
 from infokv.tracking import check_mode
 
 SCENARIOS = ("prefill", "decode")
@@ -66,17 +71,12 @@ def _budgets(value: Any) -> tuple[Any, ...]:
 
 def check_job(cfg: DictConfig) -> Job:
     """Everything the configuration asks for, checked before any model work (one-line errors)."""
-    scenario = cfg.scenario.name
-    if scenario not in SCENARIOS:
-        raise ValueError(f"scenario {scenario!r} is not one of {SCENARIOS}")
-    if cfg.model.dtype not in DTYPES:
-        raise ValueError(f"model.dtype {cfg.model.dtype!r} is not one of {DTYPES}")
+    scenario = choice("scenario.name", cfg.scenario.name, SCENARIOS)
+    check_values(cfg)
     params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
     method = methods.get_for_phase(methods.get(cfg.method.name, **params), scenario)
     raw_budgets = _budgets(OmegaConf.to_container(cfg, resolve=True)["budget"])
     if scenario == "prefill":
-        if cfg.scenario.compress not in COMPRESS_MODES:
-            raise ValueError(f"scenario.compress {cfg.scenario.compress!r} is not one of {COMPRESS_MODES}")
         specs = [(method, budget) for budget in raw_budgets]
         decoding = {}
     else:
@@ -98,7 +98,58 @@ def check_job(cfg: DictConfig) -> Job:
             f"shard.index {shard.index} must be in [0, {shard.count}) for shard.count {shard.count}"
         )
     check_mode(cfg.wandb)
-    return Job(method, settings, benchmarks.get(cfg.benchmark.name))
+    benchmark = benchmarks.get(cfg.benchmark.name)
+    check_options(cfg.benchmark.name, benchmark, cfg.benchmark.options)
+    return Job(method, settings, benchmark)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """The type and range of every plain value of the job (:mod:`infokv.config_values`), the model's
+    device, and the output folder: each wrong one is a one-line error before anything is loaded."""
+    for key in ("cot", "progress", "verbose", "scenario.cuda_graphs"):
+        boolean(key, OmegaConf.select(cfg, key, default=False))
+    integer("seed", cfg.seed, 0)
+    for key in ("max_new_tokens", "batch_size", "scenario.samples", "scenario.prefill_chunk"):
+        integer(key, OmegaConf.select(cfg, key), 1)
+    number("scenario.temperature", cfg.scenario.temperature, 0.0)
+    number("scenario.top_p", cfg.scenario.top_p, 0.0, 1.0, low_open=True)
+    if cfg.scenario.name == "prefill":
+        choice("scenario.compress", cfg.scenario.compress, COMPRESS_MODES)
+    else:
+        integer("scenario.compress_every", cfg.scenario.compress_every, 1)
+        boolean("scenario.compress_prompt", cfg.scenario.compress_prompt)
+    text("model.name", cfg.model.name)
+    choice("model.dtype", cfg.model.dtype, DTYPES)
+    choice("model.attn_implementation", cfg.model.attn_implementation, SUPPORTED_ATTENTION)
+    check_device(cfg.model.device, "model.device")
+    optional_integer("model.threads", cfg.model.threads, 1)
+    text("benchmark.source", cfg.benchmark.source)
+    optional_integer("benchmark.limit", cfg.benchmark.limit, 1)
+    text("wandb_project", cfg.wandb_project)
+    check_output_dir(cfg.output_dir)
+
+
+def check_options(name: str, benchmark: ModuleType, options: DictConfig | None) -> None:
+    """``benchmark.options`` must be keyword options of the benchmark's ``load`` (the tokenizer is ours)."""
+    parameters = inspect.signature(benchmark.load).parameters
+    allowed = [key for key in parameters if key not in ("source", "limit", "tokenizer")]
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        listed = ", ".join(allowed) or "none"
+        raise ValueError(f"benchmark.options.{unknown[0]} is not an option of {name}; allowed: {listed}")
+
+
+def check_output_dir(value: object) -> Path:
+    """``output_dir`` as a path whose nearest existing part is a writable directory (not a file)."""
+    path = Path(text("output_dir", value))
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"output_dir {value!r}: {part} is a file; give a directory")
+            if not os.access(part, os.W_OK):
+                raise ValueError(f"output_dir {value!r}: {part} is not writable (read-only or no permission)")
+            break
+    return path
 
 
 def identity(cfg: DictConfig) -> dict:
@@ -196,57 +247,85 @@ def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
     store = RunStore(directory, cfg.shard.index, cfg.shard.count)
     if cfg.model.threads:
         torch.set_num_threads(int(cfg.model.threads))
-    model, tokenizer = load_model(
+    # The data is loaded and checked before the model (the tokenizer alone is cheap), so that bad data
+    # or a shard without samples fails before the expensive part.
+    tokenizer = load_tokenizer(cfg.model.name)
+    samples = load_samples(cfg, job.benchmark, tokenizer)
+    seeds = {sample.id: cfg.seed + index for index, sample in enumerate(samples)}
+    mine = samples[cfg.shard.index :: cfg.shard.count]
+    if not mine:
+        raise ValueError(
+            f"shard.index {cfg.shard.index} of shard.count {cfg.shard.count} gets no samples: "
+            f"{cfg.benchmark.name} gave {len(samples)}; use a shard.count <= {len(samples)}"
+        )
+    model = load_weights(
         cfg.model.name,
         dtype=getattr(torch, cfg.model.dtype),
         device=cfg.model.device,
         attn_implementation=cfg.model.attn_implementation,
     )
-    samples = load_samples(cfg, job.benchmark, tokenizer)
-    seeds = {sample.id: cfg.seed + index for index, sample in enumerate(samples)}
-    mine = samples[cfg.shard.index :: cfg.shard.count]
-    store.open(OmegaConf.to_yaml(cfg, resolve=True), environment())
-    done = store.done()
-    draws = cfg.scenario.samples
-    labels = [setting.label() for setting in job.settings]
-    pending = [
-        s for s in mine if any((s.id, label, draw) not in done for label in labels for draw in range(draws))
-    ]
-    scenario = cfg.scenario
-    compress = scenario.get("compress", "prompt")
-    with tqdm(
-        total=len(mine),
-        initial=len(mine) - len(pending),
-        desc=directory.name,
-        disable=not cfg.progress,
-        unit="sample",
-    ) as bar:
-        for batch in store.claim_batches(pending, cfg.batch_size, labels, draws):
-            prompts = [job.benchmark.prompt(sample, bool(cfg.cot), tokenizer) for sample in batch]
-            outputs = generate_sweep(
-                model,
-                tokenizer,
-                [_prompt_input(p, compress) for p in prompts],
-                list(job.settings),
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=scenario.temperature,
-                top_p=scenario.top_p,
-                seed=[seeds[sample.id] for sample in batch],
-                compress=compress,
-                samples=draws,
-                prefill_chunk=scenario.prefill_chunk,
-                cuda_graphs=scenario.cuda_graphs,
-            )
-            for position, (sample, prompt) in enumerate(zip(batch, prompts, strict=True)):
-                records = []
-                for setting, completions in zip(job.settings, outputs, strict=True):
-                    for draw in range(draws):
-                        completion = completions[position * draws + draw]
-                        scored = job.benchmark.score(sample, completion.text)
-                        records.append(_record(cfg, sample, draw, setting, prompt, completion, scored))
-                store.append(records)
-                bar.update(1)
+    with removed_unless_written(directory):
+        store.open(OmegaConf.to_yaml(cfg, resolve=True), environment())
+        done = store.done()
+        draws = cfg.scenario.samples
+        labels = [setting.label() for setting in job.settings]
+        pending = [
+            s
+            for s in mine
+            if any((s.id, label, draw) not in done for label in labels for draw in range(draws))
+        ]
+        scenario = cfg.scenario
+        compress = scenario.get("compress", "prompt")
+        with tqdm(
+            total=len(mine),
+            initial=len(mine) - len(pending),
+            desc=directory.name,
+            disable=not cfg.progress,
+            unit="sample",
+        ) as bar:
+            for batch in store.claim_batches(pending, cfg.batch_size, labels, draws):
+                prompts = [job.benchmark.prompt(sample, bool(cfg.cot), tokenizer) for sample in batch]
+                outputs = generate_sweep(
+                    model,
+                    tokenizer,
+                    [_prompt_input(p, compress) for p in prompts],
+                    list(job.settings),
+                    max_new_tokens=cfg.max_new_tokens,
+                    temperature=scenario.temperature,
+                    top_p=scenario.top_p,
+                    seed=[seeds[sample.id] for sample in batch],
+                    compress=compress,
+                    samples=draws,
+                    prefill_chunk=scenario.prefill_chunk,
+                    cuda_graphs=scenario.cuda_graphs,
+                )
+                for position, (sample, prompt) in enumerate(zip(batch, prompts, strict=True)):
+                    records = []
+                    for setting, completions in zip(job.settings, outputs, strict=True):
+                        for draw in range(draws):
+                            completion = completions[position * draws + draw]
+                            scored = job.benchmark.score(sample, completion.text)
+                            records.append(_record(cfg, sample, draw, setting, prompt, completion, scored))
+                    store.append(records)
+                    bar.update(1)
     return directory, summarise(store.records())
+
+
+@contextlib.contextmanager
+def removed_unless_written(directory: Path) -> Iterator[None]:
+    """Remove ``directory``, and the parents made for it, if the block fails before a record is in it,
+    so that a job failing on its first batch (a prompt longer than the model's context, a full disk)
+    leaves no empty run directory. A directory that existed before (a resumed run) is never removed."""
+    made = [part for part in (directory, *directory.parents) if not part.exists()]
+    try:
+        yield
+    except BaseException:
+        if made and not any(path.stat().st_size for path in directory.glob(RECORDS_GLOB)):
+            shutil.rmtree(directory, ignore_errors=True)
+            for parent in made[1:]:
+                with contextlib.suppress(OSError):  # not empty: another run of the sweep wrote there
+                    parent.rmdir()
+        raise
 
 
 def summarise(records: list[dict]) -> pd.DataFrame:

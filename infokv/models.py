@@ -20,11 +20,14 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import transformers
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from infokv.fetch import WheelFile, cache_dir, download_member, locked
@@ -32,6 +35,7 @@ from infokv.fetch import WheelFile, cache_dir, download_member, locked
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "infokv-complete.json"
+T = TypeVar("T")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
@@ -72,17 +76,86 @@ def load_model(
     ``owner/name``. Local directories (and the embedded cache) are read with ``local_files_only``.
     The tokenizer always has a pad token (falling back to EOS) and pads on the left.
     """
+    return load_weights(name_or_path, dtype, device, attn_implementation), load_tokenizer(name_or_path)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model (:func:`load_model`'s names), without its weights: cheap, so that data
+    whose lengths are counted in tokens can be built and checked before the model is loaded."""
     source, local = resolve(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        device_map=device,
-        local_files_only=local,
+    return prepare_tokenizer(
+        _loaded(name_or_path, lambda: AutoTokenizer.from_pretrained(source, local_files_only=local))
     )
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-    return model, prepare_tokenizer(tokenizer)
+
+
+def load_weights(
+    name_or_path: str,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
+) -> PreTrainedModel:
+    """The causal LM of :func:`load_model` alone, in eval mode. The device is checked first, and each
+    local ``*.safetensors`` file's header is read before transformers is asked: a corrupt or truncated
+    file is named in a one-line :class:`OSError` instead of a deserialisation error naming no file."""
+    check_device(device)
+    source, local = resolve(name_or_path)
+    if local:
+        check_weight_files(Path(source))
+    model = _loaded(
+        name_or_path,
+        lambda: AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            device_map=device,
+            local_files_only=local,
+        ),
+    )
+    return model.eval()
+
+
+def check_device(device: str | torch.device, key: str = "device") -> None:
+    """A device this machine has: ``cpu``, ``cuda``/``cuda:N`` with CUDA present, ``mps`` where available,
+    or ``auto`` (transformers spreads the model over what there is); else a one-line error."""
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{key} {device!r} is not a device; use cpu, cuda, cuda:N, mps or auto") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{key} {device!r}: CUDA is not available on this machine; use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"{key} {device!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{key} {device!r}: MPS is not available on this machine; use cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{key} {device!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
+
+
+def check_weight_files(directory: Path) -> None:
+    """Read the header of every ``*.safetensors`` file in ``directory``; one that is corrupt or shorter
+    than its header says is a one-line :class:`OSError` naming the file."""
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise OSError(f"{path}: corrupt or truncated weights file ({error})") from None
+
+
+def _loaded(name_or_path: str, load: Callable[[], T]) -> T:
+    """``load()``, with transformers' multi-line load errors (a hub id not reachable, a directory that is
+    no model) cut to one line naming the model."""
+    try:
+        return load()
+    except (OSError, ValueError, SafetensorError) as error:
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise OSError(f"model {name_or_path!r}: cannot load ({first})") from error
 
 
 def resolve(name_or_path: str) -> tuple[str, bool]:

@@ -11,6 +11,7 @@ the summary of every job of the sweep when it ends (:class:`SweepSummary`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from infokv.experiment import run_job, summarise
 from infokv.host_memory import keep_freed_memory
@@ -61,8 +63,38 @@ def track(cfg: DictConfig, directory: Path, table: pd.DataFrame) -> None:
     tracker.finish()
 
 
+# What a user's input can cause: a bad value or data file (ValueError, including DataError), a file or
+# disk problem (OSError: a corrupt weights file, a read-only or full disk), a config key that is missing
+# or cannot be resolved (OmegaConf's errors). Anything else is a bug and keeps its traceback.
+INPUT_ERRORS = (ValueError, OSError, OmegaConfBaseException)
+
+
+def one_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (OmegaConf adds ``full_key``/``object_type`` lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def verbose(cfg: DictConfig) -> bool:
+    """Whether the user asked for tracebacks: ``verbose=true`` or Hydra's ``HYDRA_FULL_ERROR=1``."""
+    return (
+        OmegaConf.select(cfg, "verbose", default=False) is True or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    )
+
+
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """Run one job; bad input ends it with one line on stderr and exit status 1, no traceback."""
+    try:
+        run(cfg)
+    except INPUT_ERRORS as error:
+        if verbose(cfg):
+            raise
+        raise SystemExit(f"infokv-run: error: {one_line(error)}") from None
+
+
+def run(cfg: DictConfig) -> None:
+    """:func:`infokv.experiment.run_job`, then the run pointer for the sweep summary, W&B and the table."""
     keep_freed_memory()
     directory, table = run_job(cfg)
     try:

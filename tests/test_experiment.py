@@ -89,7 +89,7 @@ def test_slurm_launcher_is_submitit():
     ],
 )
 def test_bad_configuration_fails_in_one_line_before_model_work(override, message, monkeypatch):
-    monkeypatch.setattr("infokv.experiment.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("infokv.experiment.load_weights", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError) as info:
         run_job(config(override))
     assert message in str(info.value) and "\n" not in str(info.value)

@@ -18,7 +18,7 @@ so that any result can be audited next to the prompt and the completion.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,46 @@ def require(record: Mapping[str, Any], fields: Iterable[str], where: str) -> Non
     for name in fields:
         if name not in record or record[name] is None:
             raise DataError(f"{where}: missing field {name!r}")
+
+
+def check_limit(name: str, limit: object) -> None:
+    """``limit`` is ``None`` (every sample) or a positive integer; else a one-line error. A slice with 0 or
+    a negative number would silently give no samples, or drop the last ones."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"{name}: limit {limit!r} is not allowed; use an integer >= 1 or None (all samples)")
+
+
+def check_samples(samples: Sequence[Sample], source: str) -> list[Sample]:
+    """The samples of ``source``, checked as a set: at least one, ids unique and non-empty (results are
+    resumed by id, so a repeated id would be scored once), and no empty answer (a substring match against
+    an empty answer scores 1 on any completion). Each problem is a one-line :class:`DataError`."""
+    if not samples:
+        raise DataError(f"{source}: no samples (the source holds no records)")
+    first: dict[str, int] = {}
+    for number, sample in enumerate(samples, start=1):
+        if not isinstance(sample.id, str) or not sample.id.strip():
+            raise DataError(f"{source}: sample {number} has an empty id")
+        if sample.id in first:
+            raise DataError(
+                f"{source}: sample id {sample.id!r} appears twice (samples {first[sample.id]} and {number})"
+            )
+        first[sample.id] = number
+        if _blank(sample.answer):
+            raise DataError(f"{source}: sample {number} (id {sample.id!r}) has an empty answer")
+    return list(samples)
+
+
+def _blank(answer: Any) -> bool:
+    """An answer with nothing to match: ``None``, blank text, an empty collection, or a list holding one."""
+    if answer is None:
+        return True
+    if isinstance(answer, str):
+        return not answer.strip()
+    if isinstance(answer, list | tuple):
+        return not answer or any(_blank(item) for item in answer)
+    if isinstance(answer, Mapping):
+        return not answer
+    return False
 
 
 def read_records(path: str | Path, fields: Iterable[str] = ()) -> list[dict]:

@@ -69,7 +69,16 @@ import nltk
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 from transformers import PreTrainedTokenizerBase
 
-from infokv.benchmarks.base import DataError, Prompt, Sample, Score, chat_prompt, read_records
+from infokv.benchmarks.base import (
+    DataError,
+    Prompt,
+    Sample,
+    Score,
+    chat_prompt,
+    check_limit,
+    check_samples,
+    read_records,
+)
 from infokv.fetch import WheelFile, wheel_member
 
 NAME = "ifeval"
@@ -238,8 +247,7 @@ def _hub_records() -> list[tuple[str, dict]]:
 
 def load(source: str = "auto", limit: int | None = None) -> list[Sample]:
     """The IFEval prompts from ``source`` (see the module docstring), the first ``limit`` of them."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"ifeval: limit must be a positive number of samples or None, got {limit!r}")
+    check_limit(NAME, limit)
     if source in ("auto", "offline"):
         located = _file_records(wheel_member(OFFLINE, NAME))
     elif source == "hub":
@@ -250,7 +258,9 @@ def load(source: str = "auto", limit: int | None = None) -> list[Sample]:
         raise ValueError(
             f"ifeval: unknown source {source!r}; allowed: auto, offline, hub, a .json/.jsonl path"
         )
-    return [_sample(record, where) for where, record in located[:limit]]
+    return check_samples(
+        [_sample(record, where) for where, record in located[:limit]], f"{NAME} source {source}"
+    )
 
 
 def prompt(sample: Sample, cot: bool, tokenizer: PreTrainedTokenizerBase) -> Prompt:

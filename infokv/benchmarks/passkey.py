@@ -17,11 +17,13 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from infokv import tasks
-from infokv.benchmarks.base import Prompt, Sample, Score, chat_prompt, read_records
+from infokv.benchmarks.base import Prompt, Sample, Score, chat_prompt, check_limit, check_samples
+from infokv.benchmarks.sources import field, local_rows
 
 NAME = "passkey"
 SOURCES = ("generator",)
 METRIC = "accuracy"
+LOCAL_FIELDS = ("id", "question", "answer", "context")  # in the order of Sample's fields
 
 
 def load(
@@ -33,12 +35,11 @@ def load(
     seed: int = 0,
 ) -> list[Sample]:
     """``limit`` samples (default 16) of about ``tokens`` tokens with seeds ``seed, seed + 1, ...``."""
+    check_limit(NAME, limit)
     if source not in ("auto", *SOURCES):
-        path = Path(source)
-        records = read_records(path, ("id", "context", "question", "answer"))
-        return [
-            Sample(str(r["id"]), r["question"], str(r["answer"]), r["context"]) for r in records[:limit]
-        ]
+        rows = local_rows(Path(source), LOCAL_FIELDS)[:limit]
+        samples = [Sample(*(field(row, name, where) for name in LOCAL_FIELDS)) for where, row in rows]
+        return check_samples(samples, f"{NAME} source {source}")
     if tokenizer is None:
         raise ValueError("passkey: the generator needs tokenizer= (lengths are counted in model tokens)")
     count = 16 if limit is None else limit

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from infokv.benchmarks.base import DataError, Sample, read_records, require
+from infokv.benchmarks.base import DataError, Sample, check_limit, check_samples, read_records, require
 
 Loader = Callable[[int | None], list[Sample]]
 LOCAL_SUFFIXES = (".json", ".jsonl")
@@ -27,8 +27,7 @@ def load_from(
 ) -> list[Sample]:
     """Samples of benchmark ``name`` from ``source``: a key of ``loaders``, ``"auto"`` (the first key) or a
     local ``.json``/``.jsonl`` path; at most ``limit`` of them."""
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"{name}: limit {limit!r} must be a positive integer or None")
+    check_limit(name, limit)
     if source == "auto":
         source = next(iter(loaders))
     if source in loaders:
@@ -38,7 +37,7 @@ def load_from(
     else:
         allowed = ", ".join(["auto", *loaders, "a .json/.jsonl path"])
         raise ValueError(f"{name}: unknown source {source!r}; allowed: {allowed}")
-    return samples[:limit]
+    return check_samples(samples[:limit], f"{name} source {source}")
 
 
 def hub_rows(
@@ -62,9 +61,13 @@ def local_rows(path: Path, fields: tuple[str, ...]) -> list[tuple[str, dict[str,
 
 
 def field(record: Mapping[str, Any], name: str, where: str) -> str:
-    """``record[name]`` as a non-empty string, else a one-line :class:`DataError` naming ``where``."""
+    """``record[name]`` (text, or a number read as text) as a non-empty string, else a one-line
+    :class:`DataError` naming ``where``: a list or an object where text belongs is a wrong field type."""
     require(record, (name,), where)
-    value = str(record[name]).strip()
+    raw = record[name]
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise DataError(f"{where}: field {name!r} must be text, got {type(raw).__name__} {raw!r:.40}")
+    value = str(raw).strip()
     if not value:
         raise DataError(f"{where}: field {name!r} is empty")
     return value

@@ -163,7 +163,7 @@ def test_wrong_humaneval_solutions_that_fake_a_pass_score_0(problems, mode):
         **HUMANEVAL_TRICKS,
         "the canonical solution read from the host's cache": (
             0,
-            CACHE_READ.format(path=str(wheel_member(OFFLINE, "data/humaneval"))) + WRONG,
+            WRONG + CACHE_READ.format(path=str(wheel_member(OFFLINE, "data/humaneval"))),
         ),
     }
     passed = {}

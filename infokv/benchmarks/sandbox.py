@@ -36,7 +36,8 @@ layer enforced in that run):
   keeps uid 0 but none of root's powers).
 * ``"seccomp"`` (x86-64): no ``socket(AF_UNIX, ...)``, ptrace, ``process_vm_readv``/``writev``,
   ``pidfd_getfd``, io_uring. ``"seccomp-signals"``, without the PID namespace: signals (``kill``,
-  ``tgkill``, ``rt_sigqueueinfo``...) only to the code's own process group or the code's process.
+  ``tgkill``, ``rt_sigqueueinfo``...) only to the code's process group (``-pid``) or the code's process
+  (``pid``), not even ``kill(0, ...)``, nor to the runner.
 * ``"cgroup-pids"``: when the host runs as root and a ``pids`` cgroup controller is writable, the run's
   own cgroup with ``pids.max = processes``; every task left in it is killed after the run.
 * ``"userns"``, ``"netns"``, ``"pidns"``, where unprivileged user namespaces are allowed: no network
@@ -80,6 +81,7 @@ from pathlib import Path
 CHILD = Path(__file__).with_name("sandbox_child.py")
 PIDS_CGROUPS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))  # cgroup v1, then v2
 TRUNCATED = "\n[... output truncated ...]"
+STDIN = ".stdin"  # the file in the run directory that is the code's standard input
 GRACE = 10.0  # seconds past the timeout before the host kills a runner that did not end by itself
 VERDICT_MARGIN = 4096  # bytes of the file-size limit left for the verdict line around an expression's value
 
@@ -206,7 +208,7 @@ def _run_in(directory: Path, spec: dict, stdin: str, limits: Limits) -> RunResul
     with (
         tempfile.TemporaryFile() as out,
         tempfile.TemporaryFile() as err,
-        tempfile.TemporaryFile() as given,
+        open(directory / STDIN, "w+b") as given,  # in the run directory: /dev/stdin may be opened too
         tempfile.TemporaryFile() as spec_file,
         tempfile.TemporaryFile() as report_file,
         tempfile.TemporaryFile() as verdict_file,

@@ -11,8 +11,8 @@ can record what was enforced and what was not:
 * :func:`drop_capabilities` — no capability left (a root host keeps uid 0, but none of root's powers);
 * :func:`seccomp` — a BPF filter on system calls (x86-64): no ``socket(AF_UNIX, ...)`` (a path-based UNIX
   socket is not a file access Landlock governs), no ptrace, ``process_vm_readv``/``writev``,
-  ``pidfd_getfd`` or io_uring (whose operations bypass the filter); optionally signals only to the run's
-  own process group or to the process itself;
+  ``pidfd_getfd`` or io_uring (whose operations bypass the filter); optionally signals only to the code's
+  process group or to the code's process;
 * :func:`set_limits` — the resource limits;
 * :func:`python_guards` — the best-effort Python-level stand-in for a missing kernel layer.
 
@@ -194,8 +194,9 @@ ALWAYS_DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd
 
 def _filter(own_pid: int | None) -> list[tuple[int, str | int, str | int, int]]:
     """The BPF program as (code, true target, false target, constant); targets are labels or 0 (next).
-    With ``own_pid``, signals go only to the caller's process group (0, or -own_pid when it leads it)
-    and to ``own_pid`` itself."""
+    With ``own_pid``, signals go only to the process group ``own_pid`` leads (``-own_pid``) and to
+    ``own_pid`` itself: not even to ``0`` (the caller's group), as a descendant may have joined the
+    runner's group."""
     program: list[tuple[int, str | int, str | int, int]] = [
         (BPF_LD_ABS, 0, 0, OFFSET_ARCH), (BPF_JEQ, 0, "deny", AUDIT_ARCH_X86_64),
         (BPF_LD_ABS, 0, 0, OFFSET_NR), (BPF_JGE, "deny", 0, X32_SYSCALL_BIT),
@@ -212,8 +213,8 @@ def _filter(own_pid: int | None) -> list[tuple[int, str | int, str | int, int]]:
         "socket": [(BPF_LD_ABS, 0, 0, OFFSET_ARG0), (BPF_JEQ, "deny", "allow", AF_UNIX)]
     }
     if own_pid is not None:
-        blocks["group"] = [(BPF_LD_ABS, 0, 0, OFFSET_ARG0), (BPF_JEQ, "allow", 0, 0),
-                           (BPF_JEQ, "allow", 0, -own_pid & 0xFFFFFFFF), (BPF_JEQ, "allow", "deny", own_pid)]
+        blocks["group"] = [(BPF_LD_ABS, 0, 0, OFFSET_ARG0), (BPF_JEQ, "allow", 0, -own_pid & 0xFFFFFFFF),
+                           (BPF_JEQ, "allow", "deny", own_pid)]
         blocks["self"] = [(BPF_LD_ABS, 0, 0, OFFSET_ARG0), (BPF_JEQ, "allow", "deny", own_pid)]
     blocks["allow"] = [(BPF_RET, 0, 0, SECCOMP_RET_ALLOW)]
     blocks["deny"] = [(BPF_RET, 0, 0, SECCOMP_RET_EPERM)]
@@ -288,7 +289,7 @@ def python_guards(directory: str, network: bool, files: bool) -> None:
     if not files:
         return
     inside = os.path.realpath(directory)
-    readable = [inside, *readable_paths()]
+    readable = [inside, "/dev/null", *readable_paths()]
 
     def under(path, roots: list[str]) -> bool:
         real = os.path.realpath(os.fsdecode(path))

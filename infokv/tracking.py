@@ -3,11 +3,22 @@
 ``mode`` is ``"offline"`` (the default: files under the run directory, ``wandb sync`` uploads them
 later), ``"online"`` (only when the user asks) or ``"disabled"``/``False``. Any W&B failure — the
 package missing, no credentials, a network error — is logged and the experiment goes on without it.
+
+Offline means no network at all. ``mode="offline"`` given to ``wandb.init`` alone covers only that
+run: wandb's process-wide settings stay online, and its telemetry (an OpenTelemetry exporter thread
+in the Python process, Sentry in the ``wandb-core`` service) still resolves and contacts W&B hosts.
+So offline mode first sets, for this process and every process it starts, ``WANDB_MODE=offline``
+(the process-wide settings) and ``WANDB_ERROR_REPORTING=false`` (no telemetry: the Python recorder
+stays off and ``wandb-core`` starts with ``--no-observability``), then puts an already created
+wandb setup offline and turns its telemetry exporter off. Nothing is restored afterwards: a later
+online run in the same process still streams (its ``wandb.init`` asks for it), without telemetry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +26,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MODES = ("offline", "online", "disabled")
+OFFLINE_ENVIRONMENT = {"WANDB_MODE": "offline", "WANDB_ERROR_REPORTING": "false"}
 
 
 def check_mode(mode: object) -> str:
@@ -24,6 +36,18 @@ def check_mode(mode: object) -> str:
     if mode not in MODES:
         raise ValueError(f"wandb mode {mode!r} is not allowed; use one of {MODES} or false")
     return str(mode)
+
+
+def go_offline() -> None:
+    """Put W&B offline for this whole process and its children (see the module docstring)."""
+    os.environ.update(OFFLINE_ENVIRONMENT)
+    import wandb
+
+    wandb.setup(settings=wandb.Settings(mode="offline"))
+    with contextlib.suppress(ImportError):  # its OpenTelemetry exporter (absent from older wandb)
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+
+        opentelemetry_proxy.disable()
 
 
 class Tracker:
@@ -43,6 +67,8 @@ class Tracker:
         if mode == "disabled":
             return
         try:
+            if mode == "offline":
+                go_offline()
             import wandb
 
             directory.mkdir(parents=True, exist_ok=True)

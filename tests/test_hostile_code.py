@@ -31,6 +31,26 @@ for fd in range(64):
         except OSError:
             pass
 """
+NONCE_HUNT = """import os, re
+tokens, pid = set(), os.getpid()
+while pid > 1:  # the ancestors' open files, environment and command line, as far as they can be read
+    for path in [f"/proc/{pid}/{name}" for name in ("environ", "cmdline", *(f"fd/{n}" for n in range(64)))]:
+        try:
+            with open(path, "rb") as handle:
+                tokens |= set(re.findall(rb"[0-9a-f]{32}", handle.read(1 << 20)))
+        except OSError:
+            pass
+    try:
+        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        break
+for fd in range(64):
+    for token in tokens:
+        try:
+            os.write(fd, token + b" passed - \\n")
+        except OSError:
+            pass
+"""
 # (problem index, completion): each returns a wrong answer and tries to make the harness pass it
 HUMANEVAL_TRICKS = {
     "SystemExit(0) in the entry point": (
@@ -87,6 +107,7 @@ HUMANEVAL_TRICKS = {
     ),
     "fork, the parent exits 0": (0, WRONG + "import os\nif os.fork():\n    os._exit(0)\n"),
     "fake verdicts on stdout, stderr and every open descriptor": (0, WRONG + FAKE_VERDICTS),
+    "verdicts forged with nonces hunted in the ancestors' files": (0, WRONG + NONCE_HUNT),
     "builtins.abs replaced (HumanEval/2)": (
         2,
         "import builtins\nbuiltins.abs = lambda x: 0\ndef truncate_number(number):\n    return 0.5",

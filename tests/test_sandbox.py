@@ -131,6 +131,14 @@ def test_output_is_truncated_and_the_sandbox_directory_removed(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_expression_s_value_comes_back_as_json_within_the_output_limit():
+    result = run_python(["def pair(n):\n    return (n, [n * 2])"], expression="pair(3)")
+    assert (result.passed, result.value) == (True, "[3,[6]]")
+    assert run_python(["x = {1, 2}"], expression="x").detail.endswith("is not JSON serializable")
+    big = run_python(["x = 'a' * 5000"], expression="x", limits=Limits(output_bytes=1000))
+    assert (big.passed, big.detail, big.value) == (False, "stage 1: value over 1000 bytes", None)
+
+
 def test_bad_limits_and_stages_are_one_line_errors():
     with pytest.raises(ValueError, match="timeout=0 must be positive"):
         Limits(timeout=0)

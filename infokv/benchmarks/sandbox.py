@@ -156,15 +156,15 @@ def run_python(
         "stages": list(stages),
         "expression": expression,
         "program_may_exit": program_may_exit,
-        "nonce": secrets.token_hex(16),
         "timeout": limits.timeout,
         "cpu": limits.cpu,
         "memory": limits.memory_bytes,
         "processes": limits.processes,
         "fsize": limits.output_bytes + VERDICT_MARGIN,
+        "value_bytes": limits.output_bytes,
     }
     try:
-        return _run_in(directory, spec, stdin, limits)
+        return _run_in(directory, spec, secrets.token_hex(16), stdin, limits)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         if cgroup is not None:
@@ -201,7 +201,9 @@ def _remove_cgroup(cgroup: Path) -> None:
             time.sleep(0.01)
 
 
-def _run_in(directory: Path, spec: dict, stdin: str, limits: Limits) -> RunResult:
+def _run_in(directory: Path, spec: dict, nonce: str, stdin: str, limits: Limits) -> RunResult:
+    """Start the runner with its channels: the spec (an unlinked file), the nonce (a pipe the runner drains
+    before the code exists, so no file of this process holds it), the report and the verdict files."""
     env = {"HOME": str(directory), "TMPDIR": str(directory), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     env |= {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     start = time.monotonic()
@@ -217,7 +219,10 @@ def _run_in(directory: Path, spec: dict, stdin: str, limits: Limits) -> RunResul
         given.seek(0)
         spec_file.write(json.dumps(spec).encode())
         spec_file.seek(0)
-        channels = (spec_file.fileno(), report_file.fileno(), verdict_file.fileno())
+        nonce_read, nonce_write = os.pipe()
+        os.write(nonce_write, nonce.encode())
+        os.close(nonce_write)
+        channels = (spec_file.fileno(), report_file.fileno(), verdict_file.fileno(), nonce_read)
         process = subprocess.Popen(
             [sys.executable, "-I", "-B", str(CHILD), *(str(fd) for fd in channels)],
             stdin=given,
@@ -228,6 +233,7 @@ def _run_in(directory: Path, spec: dict, stdin: str, limits: Limits) -> RunResul
             pass_fds=channels,
             start_new_session=True,
         )
+        os.close(nonce_read)
         try:
             process.wait(timeout=limits.timeout + GRACE)
         except subprocess.TimeoutExpired:
@@ -236,11 +242,13 @@ def _run_in(directory: Path, spec: dict, stdin: str, limits: Limits) -> RunResul
             process.wait()
         wall = time.monotonic() - start
         report = _parse_lines(report_file)
-        verdicts = _verdict_lines(verdict_file, spec["nonce"])
+        verdicts = _verdict_lines(verdict_file, nonce)
         stdout, stderr = _read_capped(out, limits.output_bytes), _read_capped(err, limits.output_bytes)
     isolation = tuple(report.get("isolation", ())) + tuple(verdicts.get("isolation", ()))
     reason, detail = _verdict(report, verdicts, limits, process.returncode)
     value = verdicts.get("value") if reason == "passed" else None
+    if reason == "passed" and spec["expression"] is not None and value is None:
+        reason, detail = "failed", "the expression's value did not reach the verdict file in full"
     unenforced = _unenforced(isolation)
     return RunResult(reason == "passed", reason, stdout, stderr, detail, wall, isolation, unenforced, value)
 
@@ -260,8 +268,10 @@ def _verdict_lines(handle, nonce: str) -> dict:
     the code's and ignored); ``verdicts`` lists each "status stage description" line."""
     handle.seek(0)
     found: dict = {"verdicts": []}
-    for raw in handle.read().decode("utf-8", "replace").splitlines():
-        mark, _, rest = raw.partition(" ")
+    for raw in handle.read().decode("utf-8", "replace").splitlines(keepends=True):
+        if not raw.endswith("\n"):
+            continue  # cut short (a kill, the file-size limit): not a line the harness finished
+        mark, _, rest = raw.rstrip("\n").partition(" ")
         if mark != nonce:
             continue
         kind, _, payload = rest.partition(" ")

@@ -1,28 +1,31 @@
 """The sandbox's child side: the runner process and the harness that runs the code (see
-:mod:`infokv.benchmarks.sandbox`, which starts ``python -I -B sandbox_child.py SPEC REPORT VERDICT``, the
-three being inherited file descriptors).
+:mod:`infokv.benchmarks.sandbox`, which starts ``python -I -B sandbox_child.py SPEC REPORT VERDICT NONCE``,
+four inherited file descriptors).
 
-The **runner** reads the run's spec from an inherited, unlinked file (no copy of it lies in the run
-directory), makes itself non-dumpable (no other process of its user reads its memory or environment) and
-a child subreaper (every orphaned descendant of the run becomes its child), joins the run's cgroup,
-enters the namespaces where allowed, and forks the **code's process**. It waits for that process up to the
-wall-clock timeout, SIGKILLs it, then SIGKILLs every process left below itself (the process group, then each
-descendant, until none is left), and writes the wait status, CPU time and containment layers to the report
-file.
+The **runner** reads the run's nonce from a pipe (drained before the code exists) and its spec from an
+inherited, unlinked file (no copy of either lies in the run directory), makes itself non-dumpable (no
+process of its user without ``CAP_SYS_PTRACE`` reads its memory, file descriptors or environment) and a
+child subreaper (every orphaned descendant of the run becomes its child), joins the run's cgroup, enters
+the namespaces where allowed, and forks the **code's process**. It waits for that process up to the
+wall-clock timeout, SIGKILLs it, then SIGKILLs every process left below itself (the code's process
+group, then each descendant, until none is left), and writes the wait status, CPU time and containment
+layers to the report file.
 
 The code's process sets up the kernel layers (:mod:`infokv.benchmarks.sandbox_layers`) on itself and
-runs the **harness**: it binds everything it will use afterwards (``compile``, ``exec``, ``os.write``,
-``os._exit``, ``os.getpid``, the exception classes, a JSON encoder, the formatter of tracebacks, a
-snapshot of the builtins) *before* any code runs, then runs the stages. Each stage runs in a fresh
-namespace: a copy of the names the stages before it defined, with a fresh copy of the builtins as they
-were before the first stage (so a stage that replaces ``builtins.abs`` or ``globals()['__builtins__']``
-changes nothing the next stage sees). Only when every stage (and the expression, if any) ran to the end,
-the harness writes its verdict, one line starting with the run's random nonce, to the verdict file (an
-unlinked file the scorer opened and the code's process inherited), and ends the process at once with
-``os._exit``: no ``atexit`` handler, ``finally`` of the code or daemon thread runs after it. A stage that
-raises anything (``SystemExit`` of any code, ``KeyboardInterrupt`` and ``MemoryError`` included) makes the
-harness write a failed verdict naming it; a process that ends otherwise (``os._exit``, a signal, a crash)
-writes none, which the scorer reads as a failure. The one exception: with ``program_may_exit``, a
+runs the **harness**: it binds everything it will use afterwards (``compile``, ``exec``, ``eval``,
+``os.write``, ``os._exit``, ``os.getpid``, the exception classes, a JSON encoder, the formatter of
+tracebacks) and takes the nonce out of the spec *before* any code runs, then runs the stages. Each stage
+runs in a fresh namespace: a copy of the names the stages before it defined, with a fresh copy of the
+builtins as they were before the first stage; and before each stage after the first, every module loaded
+before the code ran (the standard ones tests use among them, imported for this) gets back the attributes
+it had then. So a stage that replaces ``builtins.abs``, ``globals()['__builtins__']``, ``math.fabs`` or
+``json.loads`` changes nothing the next stage sees. Only when every stage (and the expression, if any) ran
+to the end, the harness writes its verdict, one line starting with the run's random nonce, to the verdict
+file (an unlinked file the scorer opened and the code's process inherited), and ends the process at once
+with ``os._exit``: no ``atexit`` handler, ``finally`` of the code or daemon thread runs after it. A stage
+that raises anything (``SystemExit`` of any code, ``KeyboardInterrupt`` and ``MemoryError`` included)
+makes the harness write a failed verdict naming it; a process that ends otherwise (``os._exit``, a signal,
+a crash) writes none, which the scorer reads as a failure. The one exception: with ``program_may_exit``, a
 ``SystemExit`` of code 0 or ``None`` ends the last stage like a program's normal end (stdin/stdout
 programs, whose output the scorer compares itself). A copy of the process made by ``fork`` never writes a
 verdict: the harness checks its pid before every stage and before writing.
@@ -62,7 +65,8 @@ def harness(spec: dict, verdict_fd: int) -> None:
     _flush = (sys.stdout.flush, sys.stderr.flush)
     snapshot = _dict(builtins.__dict__)
     restore_modules = _module_restorer(_dict, _type)
-    nonce, may_exit, me = spec["nonce"], spec["program_may_exit"], _getpid()
+    nonce, may_exit, me = spec.pop("nonce"), spec["program_may_exit"], _getpid()
+    value_bytes = spec["value_bytes"]
     stages = [(source, "exec") for source in spec["stages"]]
     if spec["expression"] is not None:
         stages.append((spec["expression"], "eval"))
@@ -81,6 +85,9 @@ def harness(spec: dict, verdict_fd: int) -> None:
                 _exec(code, names)
             else:
                 value = _encode(_eval(code, names))
+                if _len(value) > value_bytes:
+                    value = None
+                    status, where, description = "failed", f"stage-{index}", f"value over {value_bytes} bytes"
         except _base_exception as error:
             kind = _type(error)
             exit_code = error.code if kind is _system_exit else 1
@@ -204,22 +211,35 @@ def _sweep(group: int) -> None:
 
 
 def _wait(child: int, timeout: float) -> tuple[int, float, bool]:
-    """(wait status, CPU seconds, timed out) of ``child``, SIGKILLed at ``timeout`` seconds."""
-    handle = os.pidfd_open(child)
-    timed_out = not select.select([handle], [], [], timeout)[0]
-    os.close(handle)
-    if timed_out:
-        os.kill(child, signal.SIGKILL)
-    _, status, usage = os.wait4(child, 0)
-    return status, usage.ru_utime + usage.ru_stime, timed_out
+    """(wait status, CPU seconds, timed out) of ``child``, SIGKILLed at ``timeout`` seconds (waiting on a
+    pidfd, or polling every 5 ms on kernels before 5.3)."""
+    deadline = time.monotonic() + timeout
+    try:
+        handle = os.pidfd_open(child)
+    except OSError:
+        handle = None
+    if handle is not None:
+        select.select([handle], [], [], timeout)
+        os.close(handle)
+    while True:
+        pid, status, usage = os.wait4(child, os.WNOHANG)
+        if pid:
+            return status, usage.ru_utime + usage.ru_stime, False
+        if time.monotonic() >= deadline:
+            os.kill(child, signal.SIGKILL)
+            _, status, usage = os.wait4(child, 0)
+            return status, usage.ru_utime + usage.ru_stime, True
+        time.sleep(0.005)
 
 
-def runner(spec_fd: int, report_fd: int, verdict_fd: int) -> None:
+def runner(spec_fd: int, report_fd: int, verdict_fd: int, nonce_fd: int) -> None:
     """Set up, fork the code's process, wait, sweep, report (see the module docstring)."""
     report = os.fdopen(report_fd, "w")
     try:
+        nonce = os.read(nonce_fd, 64).decode()
+        os.close(nonce_fd)
         with os.fdopen(spec_fd, "rb") as handle:
-            spec = json.loads(handle.read())
+            spec = json.loads(handle.read()) | {"nonce": nonce}
         layers.prctl(layers.PR_SET_DUMPABLE, 0)
         layers.prctl(layers.PR_SET_CHILD_SUBREAPER, 1)
         isolation = ["subreaper"]
@@ -249,4 +269,4 @@ def runner(spec_fd: int, report_fd: int, verdict_fd: int) -> None:
 
 
 if __name__ == "__main__":
-    runner(*(int(argument) for argument in sys.argv[1:4]))
+    runner(*(int(argument) for argument in sys.argv[1:5]))

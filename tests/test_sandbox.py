@@ -47,6 +47,15 @@ def test_exit_before_the_tests_is_a_failure_but_a_program_may_exit_cleanly():
     assert run_python(["raise SystemExit(2)"], program_may_exit=True).reason == "failed"
 
 
+def test_a_program_ends_as_in_python_its_threads_joined_and_its_streams_flushed():
+    threaded = "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.2), print(1))).start()"
+    own_streams = "import sys\nsys.stdout = open(1, 'w', buffering=1 << 16)\nprint(2)\n"
+    own_streams += "err = open(2, 'w')\nerr.write('3')"
+    assert run_python([threaded]).stdout == "1\n"
+    ended = run_python([own_streams])
+    assert (ended.stdout, ended.stderr) == ("2\n", "3")
+
+
 def test_an_infinite_loop_is_killed_at_the_wall_clock_timeout():
     start = time.monotonic()
     result = run_python(["while True:\n    pass"], limits=Limits(timeout=1.5))

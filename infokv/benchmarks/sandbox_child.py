@@ -11,21 +11,23 @@ wall-clock timeout, SIGKILLs it, then SIGKILLs every process left below itself (
 group, then each descendant, until none is left), and writes the wait status, CPU time and containment
 layers to the report file.
 
-The code's process sets up the kernel layers (:mod:`infokv.benchmarks.sandbox_layers`) on itself and
-runs the **harness**: it binds everything it will use afterwards (``compile``, ``exec``, ``eval``,
+The code's process sets up the kernel layers (:mod:`infokv.benchmarks.sandbox_layers`) on itself and runs
+the **harness**: it binds everything it will use afterwards (``compile``, ``exec``, ``eval``,
 ``os.write``, ``os._exit``, ``os.getpid``, the exception classes, a JSON encoder, the formatter of
-tracebacks) and takes the nonce out of the spec *before* any code runs, then runs the stages. Each stage
-runs in a fresh namespace: a copy of the names the stages before it defined, with a fresh copy of the
-builtins as they were before the first stage; and before each stage after the first, every module loaded
-before the code ran (the standard ones tests use among them, imported for this) gets back the attributes
-it had then. So a stage that replaces ``builtins.abs``, ``globals()['__builtins__']``, ``math.fabs`` or
-``json.loads`` changes nothing the next stage sees. Only when every stage (and the expression, if any) ran
-to the end, the harness writes its verdict, one line starting with the run's random nonce, to the verdict
-file (an unlinked file the scorer opened and the code's process inherited), and ends the process at once
-with ``os._exit``: no ``atexit`` handler, ``finally`` of the code or daemon thread runs after it. A stage
-that raises anything (``SystemExit`` of any code, ``KeyboardInterrupt`` and ``MemoryError`` included)
-makes the harness write a failed verdict naming it; a process that ends otherwise (``os._exit``, a signal,
-a crash) writes none, which the scorer reads as a failure. The one exception: with ``program_may_exit``, a
+tracebacks, what ends a program: joining threads, flushing streams) and takes the nonce out of the spec
+*before* any code runs, then runs the stages. Each stage runs in a fresh namespace: a copy of the names
+the stages before it defined, with a fresh copy of the builtins as they were before the first stage; and
+before each stage after the first, every module loaded before the code ran (the standard ones tests use
+among them, imported for this) gets back the attributes it had then. So a stage that replaces
+``builtins.abs``, ``globals()['__builtins__']``, ``math.fabs`` or ``json.loads`` changes nothing the next
+stage sees. Only when every stage (and the expression, if any) ran to the end and, as at the end of a
+program, the threads that are not daemons were joined and every open stream flushed, the harness writes its
+verdict, one line starting with the run's random nonce, to the verdict file (an unlinked file the scorer
+opened and the code's process inherited), and ends the process at once with ``os._exit``: no ``atexit``
+handler, ``finally`` of the code or daemon thread runs after it. A stage that raises anything
+(``SystemExit`` of any code, ``KeyboardInterrupt`` and ``MemoryError`` included) makes the harness write
+a failed verdict naming it; a process that ends otherwise (``os._exit``, a signal, a crash) writes none,
+which the scorer reads as a failure. The one exception: with ``program_may_exit``, a
 ``SystemExit`` of code 0 or ``None`` ends the last stage like a program's normal end (stdin/stdout
 programs, whose output the scorer compares itself). A copy of the process made by ``fork`` never writes a
 verdict: the harness checks its pid before every stage and before writing.
@@ -35,11 +37,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import gc
+import io
 import json
 import os
 import select
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -62,7 +67,7 @@ def harness(spec: dict, verdict_fd: int) -> None:
     _base_exception, _system_exit, _memory_error = BaseException, SystemExit, MemoryError
     _describe_error, _format = describe, traceback.format_exception
     _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-    _flush = (sys.stdout.flush, sys.stderr.flush)
+    end_like_a_program = _program_end(_base_exception, _isinstance=isinstance)
     snapshot = _dict(builtins.__dict__)
     restore_modules = _module_restorer(_dict, _type)
     nonce, may_exit, me = spec.pop("nonce"), spec["program_may_exit"], _getpid()
@@ -97,13 +102,10 @@ def harness(spec: dict, verdict_fd: int) -> None:
             status = "memory" if kind is _memory_error else "failed"
             where, description = f"stage-{index}", _describe_error(error, _format, _type, _str, _write)
             break
+    if status == "passed":
+        end_like_a_program()
     if _getpid() != me:
         _exit(0)
-    for flush in _flush:
-        try:
-            flush()
-        except _base_exception:
-            pass
     line = f"{nonce} {status} {where} {description}\n"
     if value is not None and status == "passed":
         line += f"{nonce} value {value}\n"
@@ -111,6 +113,30 @@ def harness(spec: dict, verdict_fd: int) -> None:
         _write(verdict_fd, line.encode("utf-8", "replace"))
     finally:
         _exit(0)
+
+
+def _program_end(_base_exception, _isinstance):
+    """A function that does what an interpreter does when a program ends, before the verdict: wait for
+    the threads that are not daemons, then flush every writable stream still open (``sys.stdout``, a
+    replacement of it, ``open(1, "w")``), as the harness ends the process with ``os._exit``."""
+    _threads, _current = threading.enumerate, threading.current_thread
+    _objects, _stream = gc.get_objects, io.IOBase
+
+    def end() -> None:
+        for thread in _threads():
+            try:
+                if thread is not _current() and not thread.daemon:
+                    thread.join()
+            except _base_exception:
+                pass
+        for candidate in _objects():
+            try:
+                if _isinstance(candidate, _stream) and not candidate.closed and candidate.writable():
+                    candidate.flush()
+            except _base_exception:
+                pass
+
+    return end
 
 
 def _module_restorer(_dict, _type):

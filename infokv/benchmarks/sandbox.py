@@ -244,7 +244,7 @@ def _run_in(directory: Path, spec: dict, nonce: str, stdin: str, limits: Limits)
         report = _parse_lines(report_file)
         verdicts = _verdict_lines(verdict_file, nonce)
         stdout, stderr = _read_capped(out, limits.output_bytes), _read_capped(err, limits.output_bytes)
-    isolation = tuple(report.get("isolation", ())) + tuple(verdicts.get("isolation", ()))
+    isolation = tuple(report.get("isolation", ())) + tuple(report.get("code_isolation", ()))
     reason, detail = _verdict(report, verdicts, limits, process.returncode)
     value = verdicts.get("value") if reason == "passed" else None
     if reason == "passed" and spec["expression"] is not None and value is None:
@@ -265,7 +265,8 @@ def _parse_lines(handle) -> dict:
 
 def _verdict_lines(handle, nonce: str) -> dict:
     """The harness's lines of the verdict file: those starting with this run's nonce (anything else is
-    the code's and ignored); ``verdicts`` lists each "status stage description" line."""
+    the code's and ignored); ``verdicts`` lists each "status stage description" line, ``value`` is the
+    expression's JSON."""
     handle.seek(0)
     found: dict = {"verdicts": []}
     for raw in handle.read().decode("utf-8", "replace").splitlines(keepends=True):
@@ -275,10 +276,7 @@ def _verdict_lines(handle, nonce: str) -> dict:
         if mark != nonce:
             continue
         kind, _, payload = rest.partition(" ")
-        if kind == "isolation":
-            with contextlib.suppress(ValueError):
-                found["isolation"] = json.loads(payload)
-        elif kind == "value":
+        if kind == "value":
             found["value"] = payload
         else:
             found["verdicts"].append(rest)

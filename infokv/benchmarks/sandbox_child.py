@@ -174,8 +174,10 @@ def describe(error: BaseException, _format, _type, _str, _write) -> str:
     return _str(last).replace("\n", " ")[:ERROR_TEXT]
 
 
-def code_process(spec: dict, verdict_fd: int, namespaced: bool) -> None:
-    """The code's process: kernel layers on itself, then the harness; never returns."""
+def code_process(spec: dict, verdict_fd: int, layers_fd: int, namespaced: bool) -> None:
+    """The code's process: kernel layers on itself, their names to the runner through ``layers_fd`` (not
+    the verdict file, which holds nothing tagged with the nonce before the verdict), then the harness;
+    never returns."""
     try:
         isolation = []
         if not namespaced:
@@ -193,7 +195,8 @@ def code_process(spec: dict, verdict_fd: int, namespaced: bool) -> None:
         if network_guard or files_guard:
             layers.python_guards(spec["directory"], network_guard, files_guard)
             isolation.append("python-guards")
-        os.write(verdict_fd, f"{spec['nonce']} isolation {json.dumps(isolation)}\n".encode())
+        os.write(layers_fd, json.dumps(isolation).encode())
+        os.close(layers_fd)
     except BaseException as error:  # the sandbox itself failed: no code has run
         os.write(2, f"sandbox set-up: {type(error).__name__}: {error}\n".encode())
         os._exit(70)
@@ -282,11 +285,16 @@ def runner(spec_fd: int, report_fd: int, verdict_fd: int, nonce_fd: int) -> None
         os._exit(1)
     report.write(json.dumps({"isolation": isolation}) + "\n")
     report.flush()
+    layers_read, layers_write = os.pipe()
     child = os.fork()
     if child == 0:
         report.close()
-        code_process(spec, verdict_fd, namespaced)
+        os.close(layers_read)
+        code_process(spec, verdict_fd, layers_write, namespaced)
     os.close(verdict_fd)
+    os.close(layers_write)
+    with os.fdopen(layers_read, "rb") as handle:  # until the code's process closes it, before any code runs
+        report.write(json.dumps({"code_isolation": json.loads(handle.read() or b"[]")}) + "\n")
     status, cpu, timed_out = _wait(child, spec["timeout"])
     _sweep(child)
     report.write(json.dumps({"status": status, "cpu": cpu, "timed_out": timed_out}) + "\n")

@@ -9,9 +9,10 @@ run: wandb's process-wide settings stay online, and its telemetry (an OpenTeleme
 in the Python process, Sentry in the ``wandb-core`` service) still resolves and contacts W&B hosts.
 So offline mode first sets, for this process and every process it starts, ``WANDB_MODE=offline``
 (the process-wide settings) and ``WANDB_ERROR_REPORTING=false`` (no telemetry: the Python recorder
-stays off and ``wandb-core`` starts with ``--no-observability``), then puts an already created
-wandb setup offline and turns its telemetry exporter off. Nothing is restored afterwards: a later
-online run in the same process still streams (its ``wandb.init`` asks for it), without telemetry.
+stays off and ``wandb-core`` starts with ``--no-observability``), turns the telemetry exporter off
+and puts a wandb setup created earlier in the process offline. Nothing is restored afterwards: a
+later online run in the same process still streams (``wandb.init``'s mode overrides the process
+settings), without telemetry.
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ def go_offline() -> None:
     os.environ.update(OFFLINE_ENVIRONMENT)
     import wandb
 
-    wandb.setup(settings=wandb.Settings(mode="offline"))
     with contextlib.suppress(ImportError):  # its OpenTelemetry exporter (absent from older wandb)
         from wandb.analytics.opentelemetry import opentelemetry_proxy
 
         opentelemetry_proxy.disable()
+    wandb.setup(settings=wandb.Settings(mode="offline"))
 
 
 class Tracker:

@@ -20,6 +20,7 @@ from infokv import methods
 from infokv.budget import Budget
 from infokv.cache import KVState
 from infokv.capture import Captured, forward_hidden, prefill
+from infokv.config_values import integer
 from infokv.decode_signals import DecodeTracker, entries_from_prefill
 from infokv.decoding import DecodeBatch, DecodeCompression, decode
 from infokv.hooks import (
@@ -113,6 +114,11 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], comp
             tokenized.append(Tokenized(_encode(tokenizer, prompt, True), []))
         elif isinstance(prompt, tuple) and len(prompt) == 2 and all(isinstance(part, str) for part in prompt):
             context, question = prompt
+            if compress == "context_only" and not context:
+                raise ValueError(
+                    f"prompt {index} has an empty context; compress='context_only' compresses the context, "
+                    "so give it text or use compress='prompt'"
+                )
             if compress == "prompt":
                 tokenized.append(Tokenized(_encode(tokenizer, context + question, True), []))
             else:
@@ -132,14 +138,20 @@ def context_limit(model: PreTrainedModel) -> int:
 
 
 def check_lengths(model: PreTrainedModel, tokenized: Sequence[Tokenized], max_new_tokens: int) -> None:
-    """One-line error if a prompt plus its generation would exceed the model's context."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens {max_new_tokens} must be >= 1")
+    """One-line error if a prompt plus its generation would exceed the model's context, or if the
+    tokenizer gives ids the model has no embedding for (a tokenizer of another model)."""
+    integer("max_new_tokens", max_new_tokens, 1)
     limit = context_limit(model)
+    vocabulary = model.get_input_embeddings().num_embeddings
     for index, item in enumerate(tokenized):
         length = len(item.context) + len(item.question)
         if length == 0:
             raise ValueError(f"prompt {index} is empty after tokenization")
+        if max(item.context + item.question) >= vocabulary:
+            raise ValueError(
+                f"prompt {index} has token id {max(item.context + item.question)} but the model embeds "
+                f"{vocabulary} ids; use the model's own tokenizer"
+            )
         if limit and length + max_new_tokens > limit:
             raise ValueError(
                 f"prompt {index} has {length} tokens + max_new_tokens {max_new_tokens}"
@@ -148,8 +160,28 @@ def check_lengths(model: PreTrainedModel, tokenized: Sequence[Tokenized], max_ne
 
 
 def check_model(model: PreTrainedModel) -> None:
+    """A transformers causal LM whose attention and layers we can compress, else a one-line error."""
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"model is a {type(model).__name__}; expected a transformers model (infokv.load_model)"
+        )
     check_attention_implementation(model)
     check_full_attention_layers(model)
+
+
+def check_input_ids(model: PreTrainedModel, input_ids: torch.Tensor) -> None:
+    """(batch, tokens) integer ids, at least one token, each an id the model embeds: else one line."""
+    if input_ids.ndim != 2 or input_ids.numel() == 0:
+        raise ValueError(
+            f"input_ids has shape {tuple(input_ids.shape)}; expected (batch, tokens) with tokens >= 1"
+        )
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids has dtype {input_ids.dtype}; expected integer token ids (torch.long)")
+    vocabulary = model.get_input_embeddings().num_embeddings
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocabulary:
+        bad = low if low < 0 else high
+        raise ValueError(f"input_ids holds token id {bad}; the model embeds ids 0..{vocabulary - 1}")
 
 
 def left_pad(
@@ -288,9 +320,12 @@ def _trim(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:
 
 
 def _seeds(seed: int | Sequence[int], count: int) -> list[int]:
-    if isinstance(seed, int):
+    """One seed per prompt: ``seed`` for all, or a sequence of one integer per prompt."""
+    if isinstance(seed, int) and not isinstance(seed, bool):
         return [seed] * count
-    seeds = list(seed)
+    if isinstance(seed, str | bytes) or not isinstance(seed, Sequence):
+        raise TypeError(f"seed {seed!r} is not allowed; use an integer or a list of one integer per prompt")
+    seeds = [integer("seed", value) for value in seed]
     if len(seeds) != count:
         raise ValueError(f"seed has {len(seeds)} values for {count} prompts; give one int or one per prompt")
     return seeds
@@ -361,6 +396,8 @@ def generate_sweep(
     if not isinstance(cuda_graphs, bool):
         raise ValueError(f"cuda_graphs {cuda_graphs!r} must be true or false")
     check_model(model)
+    if batch_size is not None:
+        integer("batch_size", batch_size, 1)
     unique = list(dict.fromkeys(resolved))  # equal settings (e.g. full at two budgets) are decoded once
     step = batch_size or len(tokenized)
     options = {
@@ -546,8 +583,12 @@ def compress(
     setting = Setting.build(method, budget)
     check_model(model)
     input_ids = torch.as_tensor(input_ids, device=model.device)
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected (batch, tokens)")
+    check_input_ids(model, input_ids)
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; expected {tuple(input_ids.shape)} "
+            "like input_ids"
+        )
     valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     state, captured, _ = prefill(
         model, input_ids, valid.to(input_ids.device), setting.method.requirements(), prefill_chunk

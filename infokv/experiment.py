@@ -17,6 +17,7 @@ answer, score, metrics and engine statistics; a rerun of the same configuration 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import inspect
 import json
@@ -42,7 +43,7 @@ from infokv.engine import COMPRESS_MODES, Setting, build_settings, generate_swee
 from infokv.hooks import SUPPORTED_ATTENTION
 from infokv.methods.base import Method
 from infokv.models import check_device, load_tokenizer, load_weights
-from infokv.results import RECORDS_GLOB, RunStore, records_frame
+from infokv.results import RunStore, records_frame, unique_records
 from infokv.tracking import check_mode
 
 SCENARIOS = ("prefill", "decode")
@@ -51,6 +52,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # shard, sample limit) says how or how much, so reruns that change it resume the same run.
 IDENTITY_KEYS = ("model", "benchmark", "scenario", "method", "budget", "cot", "seed", "max_new_tokens")
 SAMPLE_COUNT_KEYS = ("limit",)
+# errno values of a write that failed for the storage's sake, not the program's
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
         device=cfg.model.device,
         attn_implementation=cfg.model.attn_implementation,
     )
-    with removed_unless_written(directory):
+    with writing_run(directory):
         store.open(OmegaConf.to_yaml(cfg, resolve=True), environment())
         done = store.done()
         draws = cfg.scenario.samples
@@ -312,19 +315,23 @@ def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
 
 
 @contextlib.contextmanager
-def removed_unless_written(directory: Path) -> Iterator[None]:
-    """Remove ``directory``, and the parents made for it, if the block fails before a record is in it,
-    so that a job failing on its first batch (a prompt longer than the model's context, a full disk)
-    leaves no empty run directory. A directory that existed before (a resumed run) is never removed."""
+def writing_run(directory: Path) -> Iterator[None]:
+    """The block that writes the run directory. A storage error without a file name (a full disk or quota,
+    a file-size limit, a read-only or failing disk, raised by a bare write) is re-raised naming the
+    directory. If the block fails before a record is in the directory, the directory and the parents made
+    for it are removed, so that a job failing on its first batch (a prompt longer than the model's
+    context, a full disk) leaves no empty run directory; one that existed before (a resumed run) stays."""
     made = [part for part in (directory, *directory.parents) if not part.exists()]
     try:
         yield
-    except BaseException:
-        if made and not any(path.stat().st_size for path in directory.glob(RECORDS_GLOB)):
+    except BaseException as error:
+        if made and not unique_records(directory):  # a partial last line is no record
             shutil.rmtree(directory, ignore_errors=True)
             for parent in made[1:]:
                 with contextlib.suppress(OSError):  # not empty: another run of the sweep wrote there
                     parent.rmdir()
+        if isinstance(error, OSError) and error.filename is None and error.errno in STORAGE_ERRORS:
+            raise OSError(error.errno, f"{error.strerror} while writing to {directory}") from error
         raise
 
 

@@ -10,15 +10,15 @@ from collections.abc import Sequence
 
 import torch
 
+from infokv.config_values import number
+
 
 class Sampler:
     """Greedy when ``temperature == 0``; else softmax(z / temperature) truncated to the top-p nucleus."""
 
     def __init__(self, temperature: float, top_p: float, seeds: Sequence[int], device: torch.device) -> None:
-        if temperature < 0:
-            raise ValueError(f"temperature {temperature} must be >= 0 (0 = greedy)")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p {top_p} must be in (0, 1]")
+        number("temperature", temperature, 0.0)  # 0 = greedy
+        number("top_p", top_p, 0.0, 1.0, low_open=True)
         self.temperature = temperature
         self.top_p = top_p
         self.generators = []

@@ -241,7 +241,7 @@ def _run_in(directory: Path, spec: dict, nonce: str, stdin: str, limits: Limits)
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         wall = time.monotonic() - start
-        report = _parse_lines(report_file)
+        report = _runner_report(report_file, nonce)
         verdicts = _verdict_lines(verdict_file, nonce)
         stdout, stderr = _read_capped(out, limits.output_bytes), _read_capped(err, limits.output_bytes)
     isolation = tuple(report.get("isolation", ())) + tuple(report.get("code_isolation", ()))
@@ -253,13 +253,16 @@ def _run_in(directory: Path, spec: dict, nonce: str, stdin: str, limits: Limits)
     return RunResult(reason == "passed", reason, stdout, stderr, detail, wall, isolation, unenforced, value)
 
 
-def _parse_lines(handle) -> dict:
-    """The runner's report: JSON lines merged; a line cut short by a kill is left out."""
+def _runner_report(handle, nonce: str) -> dict:
+    """The runner's report: its JSON lines (tagged with the nonce) merged, the first value of a field
+    kept; a line cut short by a kill is left out."""
     handle.seek(0)
     report: dict = {}
-    for line in handle.read().splitlines():
-        with contextlib.suppress(ValueError):
-            report |= json.loads(line)
+    for line in handle.read().decode("utf-8", "replace").splitlines():
+        mark, _, fields = line.partition(" ")
+        if mark == nonce:
+            with contextlib.suppress(ValueError):
+                report = json.loads(fields) | report
     return report
 
 

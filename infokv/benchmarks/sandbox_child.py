@@ -9,7 +9,7 @@ child subreaper (every orphaned descendant of the run becomes its child), joins 
 the namespaces where allowed, and forks the **code's process**. It waits for that process up to the
 wall-clock timeout, SIGKILLs it, then SIGKILLs every process left below itself (the code's process
 group, then each descendant, until none is left), and writes the wait status, CPU time and containment
-layers to the report file.
+layers to the report file (each line tagged with the nonce, so that lines the code adds do not count).
 
 The code's process sets up the kernel layers (:mod:`infokv.benchmarks.sandbox_layers`) on itself and runs
 the **harness**: it binds everything it will use afterwards (``compile``, ``exec``, ``eval``,
@@ -263,10 +263,14 @@ def _wait(child: int, timeout: float) -> tuple[int, float, bool]:
 
 def runner(spec_fd: int, report_fd: int, verdict_fd: int, nonce_fd: int) -> None:
     """Set up, fork the code's process, wait, sweep, report (see the module docstring)."""
-    report = os.fdopen(report_fd, "w")
+    report, nonce = os.fdopen(report_fd, "w"), os.read(nonce_fd, 64).decode()
+    os.close(nonce_fd)
+
+    def tell(fields: dict) -> None:  # tagged with the nonce: lines the code may add to the file do not count
+        report.write(f"{nonce} {json.dumps(fields)}\n")
+        report.flush()
+
     try:
-        nonce = os.read(nonce_fd, 64).decode()
-        os.close(nonce_fd)
         with os.fdopen(spec_fd, "rb") as handle:
             spec = json.loads(handle.read()) | {"nonce": nonce}
         layers.prctl(layers.PR_SET_DUMPABLE, 0)
@@ -280,11 +284,10 @@ def runner(spec_fd: int, report_fd: int, verdict_fd: int, nonce_fd: int) -> None
         if namespaced:
             isolation += ["userns", "netns", "pidns"]
     except Exception as error:  # the sandbox itself failed: no code has run
-        json.dump({"error": f"{type(error).__name__}: {error}"}, report)
+        tell({"error": f"{type(error).__name__}: {error}"})
         report.close()
         os._exit(1)
-    report.write(json.dumps({"isolation": isolation}) + "\n")
-    report.flush()
+    tell({"isolation": isolation})
     layers_read, layers_write = os.pipe()
     child = os.fork()
     if child == 0:
@@ -294,10 +297,10 @@ def runner(spec_fd: int, report_fd: int, verdict_fd: int, nonce_fd: int) -> None
     os.close(verdict_fd)
     os.close(layers_write)
     with os.fdopen(layers_read, "rb") as handle:  # until the code's process closes it, before any code runs
-        report.write(json.dumps({"code_isolation": json.loads(handle.read() or b"[]")}) + "\n")
+        tell({"code_isolation": json.loads(handle.read() or b"[]")})
     status, cpu, timed_out = _wait(child, spec["timeout"])
     _sweep(child)
-    report.write(json.dumps({"status": status, "cpu": cpu, "timed_out": timed_out}) + "\n")
+    tell({"status": status, "cpu": cpu, "timed_out": timed_out})
     report.close()
     os._exit(0)
 

@@ -353,7 +353,7 @@ def test_local_json_and_bad_arguments_to_load(tmp_path):
     assert [sample.id for sample in ifeval.load(str(path))] == ["1", "2"]
     with pytest.raises(ValueError, match="unknown source 'ifeval.csv'"):
         ifeval.load("ifeval.csv")
-    with pytest.raises(ValueError, match="limit must be a positive"):
+    with pytest.raises(ValueError, match="limit 0 is not allowed"):
         ifeval.load("offline", limit=0)
 
 

@@ -135,7 +135,7 @@ def test_bad_source_year_and_limit_are_one_line_errors():
         aime.load(year=2023)
     with pytest.raises(ValueError, match=r"^math500: unknown source 'web'; allowed: auto, offline, hub"):
         math500.load("web")
-    with pytest.raises(ValueError, match="limit 0 must be a positive integer"):
+    with pytest.raises(ValueError, match="limit 0 is not allowed; use an integer >= 1"):
         load_from("x", "auto", 0, {"offline": lambda n: []}, lambda path, n: [])
 
 

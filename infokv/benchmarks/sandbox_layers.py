@@ -273,10 +273,12 @@ def set_limits(cpu: int, memory: int, fsize: int, processes: int, namespaced: bo
 
 
 def python_guards(directory: str, network: bool, files: bool) -> None:
-    """Best effort where a kernel layer is missing: ``socket`` refuses (``network``); ``open``, ``io.open``
-    and ``os.open`` refuse paths outside the readable ones (reading) or the run directory (writing), and
-    the ``os`` functions that change the filesystem refuse outside the run directory (``files``). Code
-    that uses ``ctypes`` or ``_io`` directly gets around them."""
+    """Best effort where a kernel layer is missing: ``socket`` refuses (``network``); ``open`` (also as
+    ``io.open``, ``_io.open``), ``os.open``, ``os.listdir`` and ``os.scandir`` refuse paths outside the
+    readable ones (reading) or the run directory (writing), and the ``os`` functions that change the
+    filesystem refuse outside the run directory (``files``). Code that uses ``ctypes``, ``_io.FileIO`` or
+    ``posix`` directly gets around them."""
+    import _io
     import builtins
     import io
     import socket
@@ -308,16 +310,18 @@ def python_guards(directory: str, network: bool, files: bool) -> None:
         check(path, bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)))
         return real_os_open(path, flags, *args, **kwargs)
 
-    def guard(function):
+    def guard(function, writing: bool):
         def guarded(*paths, **kwargs):
-            for path in paths[:2]:
-                check(path, True)
+            for path in paths[:2] if paths else ["."]:
+                check(path, writing)
             return function(*paths, **kwargs)
 
         return guarded
 
     real_open, real_os_open = builtins.open, os.open
-    builtins.open = io.open = guarded_open
+    builtins.open = io.open = _io.open = guarded_open
     os.open = guarded_os_open
     for name in ("remove", "unlink", "rmdir", "rename", "replace", "mkdir", "symlink", "link", "truncate"):
-        setattr(os, name, guard(getattr(os, name)))
+        setattr(os, name, guard(getattr(os, name), writing=True))
+    for name in ("listdir", "scandir"):
+        setattr(os, name, guard(getattr(os, name), writing=False))

@@ -2,12 +2,13 @@
 directory per run.
 
 Appending takes an exclusive ``flock`` on the file, cuts an unfinished last line a killed writer may
-have left, writes each record as one line with a single ``write`` and ``fsync``\\ s before releasing
-the lock, so any number of processes can append to one file: no record is lost, torn or interleaved,
-whatever its size. Readers take a shared lock, so they never see a tail while it is being cut, and
-ignore a partial last line. The kernel drops a killed process's locks, so a kill never blocks others.
-The locks are advisory: every writer must go through :func:`append_records`. On NFS, ``flock`` is
-mapped to the server's byte-range locks; a cluster file system must have locking enabled.
+have left, writes each record as one line with a single ``write`` and calls ``fsync`` before
+releasing the lock, so any number of processes can append to one file: no record is lost, torn or
+interleaved, whatever its size. Readers take a shared lock, so they never see a tail while it is
+being cut, and ignore a partial last line. The kernel drops a killed process's locks, so a kill
+never blocks the others. The locks are advisory: every writer must go through
+:func:`append_records`. On NFS, ``flock`` is mapped to the server's byte-range locks; a cluster file
+system must have locking enabled.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class Claim:
     """An exclusive ``flock`` on a sample's lock file, held while one process computes the sample.
 
     The kernel releases it when the holder exits or is killed, so a killed job's samples are free to
-    the next run at once, on any host that shares the file system — no pid to check for liveness.
+    the next run at once, on any host sharing the file system (given working ``flock`` there): no
+    pid to check for liveness.
     Releasing removes the file; a claimer that locked a file just removed sees its inode gone from
     the path and opens the new one instead, so two processes never hold one sample.
     """

@@ -13,8 +13,10 @@ the prompt's stub; otherwise the code is taken as the function's body (indented 
 model wrote it flush left). The tests run as the sandbox's next stage, after the prompt is run again (so
 the tests use the problem's helpers, whatever the code redefined); only the harness's verdict, written
 after ``check`` returned, passes a completion: an exit, a signal or a replaced builtin before it fails
-(:mod:`infokv.benchmarks.sandbox`). ``Score.extracted`` is that program; ``details`` keep the sandbox's reason
-("passed", "failed", "timeout", "memory", "killed", "error: ...") and stderr.
+(:mod:`infokv.benchmarks.sandbox`, which also says what an in-process test cannot stop: a returned
+object whose ``__eq__`` is always true). ``Score.extracted`` is that program; ``details`` keep the
+sandbox's reason ("passed", "failed", "timeout", "memory", "killed", "error: ..."), its layers and what
+no kernel layer enforced, and stderr.
 
 Sources:
 
@@ -61,10 +63,10 @@ COT_INSTRUCTION = (
     "Think step by step about how to solve it, then give the complete function (with its signature) "
     "in a single ```python code block."
 )
-CANDIDATE = "_infokv_candidate"  # the name the test stage keeps the completed function under
 DIRECT_INSTRUCTION = (
     "Reply with only the complete function (with its signature) in a single ```python code block."
 )
+CANDIDATE = "_infokv_candidate"  # the name the test stage keeps the completed function under
 
 
 def from_row(row: dict[str, Any], where: str, timeout: float) -> Sample:

@@ -33,9 +33,10 @@ def test_stages_share_names_and_read_stdin_in_their_own_directory():
 
 
 def test_a_failing_test_is_failed_with_its_traceback():
-    result = run_python(["def add(a, b):\n    return a - b", "assert add(2, 2) == 4, 'wrong sum'"])
-    assert (result.passed, result.reason) == (False, "failed")
-    assert "AssertionError: wrong sum" in result.stderr
+    code = "def add(a, b):\n    return a - b\nprint('defined')"
+    result = run_python([code, "assert add(2, 2) == 4, 'wrong sum'"])
+    assert (result.passed, result.reason, result.stdout) == (False, "failed", "defined\n")
+    assert result.detail == "stage 1: AssertionError: wrong sum" and "line 1" in result.stderr
 
 
 def test_exit_before_the_tests_is_a_failure_but_a_program_may_exit_cleanly():

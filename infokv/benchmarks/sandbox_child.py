@@ -68,6 +68,7 @@ def harness(spec: dict, verdict_fd: int) -> None:
     _describe_error, _format = describe, traceback.format_exception
     _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
     end_like_a_program = _program_end(_base_exception, _isinstance=isinstance)
+    _flush = (sys.stdout.flush, sys.stderr.flush)
     snapshot = _dict(builtins.__dict__)
     restore_modules = _module_restorer(_dict, _type)
     nonce, may_exit, me = spec.pop("nonce"), spec["program_may_exit"], _getpid()
@@ -104,6 +105,11 @@ def harness(spec: dict, verdict_fd: int) -> None:
             break
     if status == "passed":
         end_like_a_program()
+    for flush in _flush:  # the standard streams as they were, also after a failure
+        try:
+            flush()
+        except _base_exception:
+            pass
     if _getpid() != me:
         _exit(0)
     line = f"{nonce} {status} {where} {description}\n"
@@ -293,6 +299,7 @@ def runner(spec_fd: int, report_fd: int, verdict_fd: int, nonce_fd: int) -> None
     if child == 0:
         report.close()
         os.close(layers_read)
+        nonce = ""  # the closure of tell() held it: the harness's own copy is the only one left
         code_process(spec, verdict_fd, layers_write, namespaced)
     os.close(verdict_fd)
     os.close(layers_write)

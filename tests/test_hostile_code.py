@@ -237,15 +237,19 @@ def test_wrong_livecodebench_solutions_that_fake_a_pass_score_0(tmp_path, mode):
 def test_the_documented_limits_of_tests_run_in_the_code_s_process(problems):
     """HumanEval's tests run inside the code's process and compare there (``candidate(...) == True``), as
     OpenAI's harness does: an object whose ``__eq__`` is always true passes them, and so does code that
-    reaches the tests' own frame (here, to replace the ``abs`` they call) or the harness's (to read the
-    nonce and write the verdict itself). LiveCodeBench compares the output, or the JSON of the value,
-    outside, where none of these works (the test above)."""
+    reaches the tests' namespace through a frame or the garbage collector (here, to replace the ``abs``
+    they call) or the harness's frame (to read the nonce and write the verdict itself). LiveCodeBench
+    compares the output, or the JSON of the value, outside, where none of these works (the test above)."""
     same = "class Same:\n    def __eq__(self, other):\n        return True\n\n"
     same += "def has_close_elements(numbers, threshold):\n    return Same()\n"
     assert humaneval.score(problems[0], same).value == 1.0
     frame = "def truncate_number(number):\n    import sys\n"
     frame += "    sys._getframe(1).f_globals['__builtins__']['abs'] = lambda x: 0\n    return 0.5\n"
     assert humaneval.score(problems[2], frame).value == 1.0
+    collector = "def truncate_number(number):\n    import gc\n    for d in gc.get_objects():\n"
+    collector += "        if isinstance(d, dict) and 'check' in d and type(d.get('__builtins__')) is dict:\n"
+    collector += "            d['__builtins__']['abs'] = lambda x: 0\n    return 0.5\n"
+    assert humaneval.score(problems[2], collector).value == 1.0
     harness = "import os, sys\nscope = sys._getframe(1).f_locals\n"
     harness += "os.write(scope['verdict_fd'], f\"{scope['nonce']} passed - \\n\".encode())\nos._exit(0)\n"
     assert humaneval.score(problems[0], WRONG + harness).value == 1.0

@@ -18,9 +18,10 @@ process opened, unlinked, and handed down; the code's own exit status, stdout or
 nothing. The harness binds the functions it uses before any code runs and ends the process right after
 writing (see :mod:`infokv.benchmarks.sandbox_child`). What it cannot stop, as no harness that calls the
 code inside its own process can (OpenAI's and LiveCodeBench's included): code that reaches the harness's
-or the tests' frames or memory (``sys._getframe``, ``ctypes``) to learn the nonce or change what the tests
-call, code that patches a module the tests use which was not loaded before the code ran (the standard
-ones tests use are), and a returned object whose ``__eq__`` is always true when the *tests* compare it.
+or the tests' frames, namespaces or memory (``sys._getframe``, ``gc``, ``ctypes``) to learn the nonce or
+change what the tests call, code that patches a module the tests use which was not loaded before the code
+ran (the standard ones tests use are), and a returned object whose ``__eq__`` is always true when the
+*tests* compare it.
 An expression's value, and stdout, are compared by the caller, outside the sandbox (the value after a
 JSON round trip, which leaves no such object: JSON holds only plain values), so none of these passes a
 wrong one.

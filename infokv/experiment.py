@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from infokv import benchmarks, methods
-from infokv.config_values import boolean, choice, integer, number, optional_integer, text
+from infokv.config_values import boolean, choice, integer, number, optional_integer, reject, text
 from infokv.engine import COMPRESS_MODES, Setting, build_settings, generate_sweep
 from infokv.hooks import SUPPORTED_ATTENTION
 from infokv.methods.base import Method
@@ -133,13 +133,26 @@ def check_values(cfg: DictConfig) -> None:
 
 
 def check_options(name: str, benchmark: ModuleType, options: DictConfig | None) -> None:
-    """``benchmark.options`` must be keyword options of the benchmark's ``load`` (the tokenizer is ours)."""
+    """``benchmark.options`` must be keyword options of the benchmark's ``load`` (the tokenizer is ours),
+    each of the type of that option's default (an integer, a number, text or a boolean); the ranges are
+    the loader's to check."""
     parameters = inspect.signature(benchmark.load).parameters
     allowed = [key for key in parameters if key not in ("source", "limit", "tokenizer")]
-    unknown = sorted(set(options or {}) - set(allowed))
+    given = OmegaConf.to_container(options, resolve=True) if options is not None else {}
+    unknown = sorted(set(given) - set(allowed))
     if unknown:
         listed = ", ".join(allowed) or "none"
         raise ValueError(f"benchmark.options.{unknown[0]} is not an option of {name}; allowed: {listed}")
+    for key, value in given.items():
+        default, option = parameters[key].default, f"benchmark.options.{key}"
+        if isinstance(default, bool):
+            boolean(option, value)
+        elif isinstance(default, int):
+            integer(option, value)
+        elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+            reject(option, value, "a number")
+        elif isinstance(default, str):
+            text(option, value)
 
 
 def check_output_dir(value: object) -> Path:

@@ -162,6 +162,10 @@ def cli_cases() -> list[Case]:
             ["+benchmark.options.depth=3"],
             "benchmark.options.depth is not an option",
         ),
+        Case(
+            "option_type", ["benchmark.options.tokens=abc"], "benchmark.options.tokens 'abc' is not allowed"
+        ),
+        Case("option_range", ["benchmark.options.tokens=0"], "tokens 0 is too small"),
         Case("shard_index", ["shard.index=3"], "shard.index 3 must be in [0, 1)"),
         Case("shard_count", ["shard.count=0"], "count must be an integer >= 1"),
         Case("wandb_mode", ["wandb=maybe"], "wandb mode 'maybe' is not allowed"),
@@ -331,6 +335,16 @@ def test_infokv_run_itself_prints_one_line_or_the_traceback_asked_for(tmp_path, 
     else:
         assert done.stderr == f"{ERROR_PREFIX}batch_size 0 is not allowed; use an integer >= 1\n"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_read_only_output_dir_is_one_line_before_any_work(tmp_path):
+    from infokv.experiment import check_output_dir
+
+    folder = tmp_path / "read_only"
+    folder.mkdir(mode=0o555)
+    with pytest.raises(ValueError, match=r"read_only is not writable \(read-only or no permission\)$"):
+        check_output_dir(str(folder / "runs"))
 
 
 # ---- the Python API ------------------------------------------------------------------------------------

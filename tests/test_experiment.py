@@ -76,25 +76,6 @@ def test_slurm_launcher_is_submitit():
     assert {"partition", "gpus_per_node", "timeout_min", "array_parallelism"} <= set(launcher)
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("method=rpc", "cannot compress a prefill"),
-        ("+method.params.alpha_typo=1", "has no parameter alpha_typo"),
-        ("budget=1.5", "budget 1.5 is not allowed"),
-        ("benchmark.name=nope", "unknown benchmark 'nope'"),
-        ("shard.index=3", "shard.index 3 must be in [0, 1)"),
-        ("wandb=maybe", "wandb mode 'maybe' is not allowed"),
-        ("scenario.compress=middle", "scenario.compress 'middle'"),
-    ],
-)
-def test_bad_configuration_fails_in_one_line_before_model_work(override, message, monkeypatch):
-    monkeypatch.setattr("infokv.experiment.load_weights", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(ValueError) as info:
-        run_job(config(override))
-    assert message in str(info.value) and "\n" not in str(info.value)
-
-
 def test_run_directory_ignores_how_much_and_where_but_not_what():
     base = config("method=snapkv")
     same = config("method=snapkv", "benchmark.limit=3", "batch_size=2", "shard.count=2", "wandb=false")

@@ -1,6 +1,7 @@
 """Hostile code: wrong-by-construction solutions that try to fake a pass score 0 on HumanEval and
-LiveCodeBench, the canonical solutions still score 1, and the sandbox's containment probes hold, with
-the kernel's layers and in the fallback without user namespaces and Landlock."""
+LiveCodeBench (including what passes OpenAI's harness: an object equal to everything, code that reaches
+the tests' namespace), the canonical solutions still score 1, and the sandbox's containment probes hold,
+with the kernel's layers and in the fallback without user namespaces and Landlock."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,28 @@ HUMANEVAL_TRICKS = {
     "fake verdicts on stdout, stderr and every open descriptor": (0, WRONG + FAKE_VERDICTS),
     "verdicts forged with nonces hunted in the ancestors' files": (0, WRONG + NONCE_HUNT),
     "verdicts forged with nonces hunted through the garbage collector": (0, WRONG + GC_HUNT),
+    # what passes OpenAI's harness, where the tests run in the code's process: here they run outside it
+    "an object equal to everything": (
+        0,
+        "class Same:\n    def __eq__(self, other):\n        return True\n\n"
+        "def has_close_elements(numbers, threshold):\n    return Same()\n",
+    ),
+    "the caller's builtins changed through its frame (HumanEval/2)": (
+        2,
+        "def truncate_number(number):\n    import sys\n"
+        "    sys._getframe(1).f_globals['__builtins__']['abs'] = lambda x: 0\n    return 0.5\n",
+    ),
+    "the tests' builtins changed through the garbage collector (HumanEval/2)": (
+        2,
+        "def truncate_number(number):\n    import gc\n    for d in gc.get_objects():\n"
+        "        if isinstance(d, dict) and 'check' in d and type(d.get('__builtins__')) is dict:\n"
+        "            d['__builtins__']['abs'] = lambda x: 0\n    return 0.5\n",
+    ),
+    "a verdict written with the nonce read from the harness's frame": (
+        0,
+        WRONG + "import os, sys\nscope = sys._getframe(1).f_locals\n"
+        "os.write(scope['verdict_fd'], f\"{scope['nonce']} passed - \\n\".encode())\nos._exit(0)\n",
+    ),
     "builtins.abs replaced (HumanEval/2)": (
         2,
         "import builtins\nbuiltins.abs = lambda x: 0\ndef truncate_number(number):\n    return 0.5",
@@ -208,12 +232,15 @@ def test_wrong_humaneval_solutions_that_fake_a_pass_score_0(problems, mode):
             WRONG + CACHE_READ.format(path=str(wheel_member(OFFLINE, "data/humaneval"))),
         ),
     }
-    passed = {}
-    for name, (index, code) in tricks.items():
-        score = humaneval.score(problems[index], f"```python\n{code}\n```")
+
+    def score(trick: tuple[int, str]):
+        return humaneval.score(problems[trick[0]], f"```python\n{trick[1]}\n```")
+
+    with ThreadPoolExecutor(4) as pool:
+        scores = dict(zip(tricks, pool.map(score, tricks.values()), strict=True))
+    for name, score in scores.items():
         assert score.details["reason"] != "passed" and score.details["detail"], (name, score.details)
-        passed[name] = score.value
-    assert passed == dict.fromkeys(tricks, 0.0)
+    assert {name: score.value for name, score in scores.items()} == dict.fromkeys(tricks, 0.0)
     for index in (0, 2, 32):  # the same problems' canonical solutions still pass
         assert humaneval.score(problems[index], problems[index].meta["canonical_solution"]).value == 1.0
 
@@ -226,33 +253,17 @@ def test_wrong_livecodebench_solutions_that_fake_a_pass_score_0(tmp_path, mode):
         **LCB_STDIN_TRICKS,
         "the expected output read from the host": f"print(open({str(expected)!r}).read())",
     }
-    for sample, tricks in ((functional, LCB_FUNCTIONAL_TRICKS), (stdin, stdin_tricks)):
-        for name, code in tricks.items():
-            score = livecodebench.score(sample, f"```python\n{code}\n```")
+    runs = [
+        (name, sample, code)
+        for sample, tricks in ((functional, LCB_FUNCTIONAL_TRICKS), (stdin, stdin_tricks))
+        for name, code in tricks.items()
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        scores = pool.map(lambda run: livecodebench.score(run[1], f"```python\n{run[2]}\n```"), runs)
+        for (name, _, _), score in zip(runs, scores, strict=True):
             assert score.value == 0.0 and score.details["detail"], (name, score.details)
     for sample, right in ((functional, TWO_SUM), (stdin, PAIR_SUMS)):
         assert livecodebench.score(sample, right).value == 1.0
-
-
-def test_the_documented_limits_of_tests_run_in_the_code_s_process(problems):
-    """HumanEval's tests run inside the code's process and compare there (``candidate(...) == True``), as
-    OpenAI's harness does: an object whose ``__eq__`` is always true passes them, and so does code that
-    reaches the tests' namespace through a frame or the garbage collector (here, to replace the ``abs``
-    they call) or the harness's frame (to read the nonce and write the verdict itself). LiveCodeBench
-    compares the output, or the JSON of the value, outside, where none of these works (the test above)."""
-    same = "class Same:\n    def __eq__(self, other):\n        return True\n\n"
-    same += "def has_close_elements(numbers, threshold):\n    return Same()\n"
-    assert humaneval.score(problems[0], same).value == 1.0
-    frame = "def truncate_number(number):\n    import sys\n"
-    frame += "    sys._getframe(1).f_globals['__builtins__']['abs'] = lambda x: 0\n    return 0.5\n"
-    assert humaneval.score(problems[2], frame).value == 1.0
-    collector = "def truncate_number(number):\n    import gc\n    for d in gc.get_objects():\n"
-    collector += "        if isinstance(d, dict) and 'check' in d and type(d.get('__builtins__')) is dict:\n"
-    collector += "            d['__builtins__']['abs'] = lambda x: 0\n    return 0.5\n"
-    assert humaneval.score(problems[2], collector).value == 1.0
-    harness = "import os, sys\nscope = sys._getframe(1).f_locals\n"
-    harness += "os.write(scope['verdict_fd'], f\"{scope['nonce']} passed - \\n\".encode())\nos._exit(0)\n"
-    assert humaneval.score(problems[0], WRONG + harness).value == 1.0
 
 
 # ---------------------------------------------------------------- containment probes

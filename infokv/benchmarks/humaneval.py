@@ -10,13 +10,16 @@ signature and docstring), answering with the whole function in a ```` ```python 
 (:func:`infokv.benchmarks.code_answers.extract_code`). The program run is the problem's prompt (its
 imports and helper functions) followed by the code: when the code defines ``entry_point`` it replaces
 the prompt's stub; otherwise the code is taken as the function's body (indented by four spaces when the
-model wrote it flush left). The tests run as the sandbox's next stage, after the prompt is run again (so
-the tests use the problem's helpers, whatever the code redefined); only the harness's verdict, written
-after ``check`` returned, passes a completion: an exit, a signal or a replaced builtin before it fails
-(:mod:`infokv.benchmarks.sandbox`, which also says what an in-process test cannot stop: a returned
-object whose ``__eq__`` is always true). ``Score.extracted`` is that program; ``details`` keep the
-sandbox's reason ("passed", "failed", "timeout", "memory", "killed", "error: ..."), its layers and what
-no kernel layer enforced, and stderr.
+model wrote it flush left). The tests run outside the program's process, in the sandbox's runner
+(:mod:`infokv.benchmarks.sandbox_calls`): the problem's prompt is run there again (so the tests use the
+problem's helpers, whatever the code redefined), and the entry point is a stub that calls the completed
+function in the program's process and gets its return value back as a plain Python literal. So nothing
+the program does passes a wrong function: not an exit or a signal, not a replaced builtin or module, not
+a trick on the tests' frames or objects, not a returned object whose ``__eq__`` is always true (which
+passes OpenAI's harness, where tests and code share a process). A function whose value is no such literal
+fails (``numpy`` values arrive as their ``tolist()``). ``Score.extracted`` is the program; ``details``
+keep the sandbox's reason ("passed", "failed", "timeout", "memory", "killed", "error: ..."), its layers
+and what no kernel layer enforced, and stderr.
 
 Sources:
 
@@ -66,7 +69,7 @@ COT_INSTRUCTION = (
 DIRECT_INSTRUCTION = (
     "Reply with only the complete function (with its signature) in a single ```python code block."
 )
-CANDIDATE = "_infokv_candidate"  # the name the test stage keeps the completed function under
+CANDIDATE = "_infokv_candidate"  # the name the tests keep the completed function under
 
 
 def from_row(row: dict[str, Any], where: str, timeout: float) -> Sample:
@@ -142,9 +145,9 @@ def program(sample: Sample, completion: str) -> str:
 
 
 def tests(sample: Sample) -> str:
-    """The test stage: the problem's prompt again (its helpers, e.g. ``poly`` of HumanEval/32, as the
-    problem wrote them, not as the completion may have redefined them), the completed function, then
-    ``check`` on it."""
+    """The tests, run in the sandbox's runner with the entry point bound to the stub that calls the
+    completed function: the problem's prompt again (its helpers, e.g. ``poly`` of HumanEval/32, as the
+    problem wrote them), the entry point put back over the prompt's stub, then ``check`` on it."""
     entry_point = sample.meta["entry_point"]
     return (
         f"{CANDIDATE} = {entry_point}\n{sample.question}\n{entry_point} = {CANDIDATE}\ndel {CANDIDATE}\n\n"
@@ -155,6 +158,7 @@ def tests(sample: Sample) -> str:
 def score(sample: Sample, completion: str) -> Score:
     """pass@1: 1 when ``check(entry_point)`` passes on the completed function in the sandbox, else 0."""
     code = program(sample, completion)
-    result = run_python([code, tests(sample)], limits=Limits(timeout=sample.meta["timeout"]))
+    limits = Limits(timeout=sample.meta["timeout"])
+    result = run_python([code], limits=limits, tests=tests(sample), serve=sample.meta["entry_point"])
     value = float(result.passed)
     return Score(value, {METRIC: value}, extracted=code, details=run_details(result))

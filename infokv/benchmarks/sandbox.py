@@ -16,15 +16,16 @@ start); ``detail`` says which stage and what ended it. stdout and stderr go to f
 end, wrote its verdict line starting with this run's random nonce (128 bits, made here) to a file this
 process opened, unlinked, and handed down; the code's own exit status, stdout or stderr count for
 nothing. The harness binds the functions it uses before any code runs and ends the process right after
-writing (see :mod:`infokv.benchmarks.sandbox_child`). What it cannot stop, as no harness that calls the
-code inside its own process can (OpenAI's and LiveCodeBench's included): code that reaches the harness's
-or the tests' frames, namespaces or memory (``sys._getframe``, ``gc``, ``ctypes``) to learn the nonce or
-change what the tests call, code that patches a module the tests use which was not loaded before the code
-ran (the standard ones tests use are), and a returned object whose ``__eq__`` is always true when the
-*tests* compare it.
-An expression's value, and stdout, are compared by the caller, outside the sandbox (the value after a
-JSON round trip, which leaves no such object: JSON holds only plain values), so none of these passes a
-wrong one.
+writing (see :mod:`infokv.benchmarks.sandbox_child`). What such a harness cannot stop, as none that runs
+tests inside the code's process can (OpenAI's HumanEval harness included): code that reaches the
+harness's or the tests' frames, namespaces or memory (``sys._getframe``, ``gc``, ``ctypes``) to learn the
+nonce or change what the tests call, and a returned object whose ``__eq__`` is always true. Hence the
+second way: with ``tests`` and ``serve``, the tests run in the runner, a process the code cannot reach,
+and call the code's function through pipes, getting each return value back as the text of a plain
+Python literal (:mod:`infokv.benchmarks.sandbox_calls`); the runner's outcome is the verdict, and the
+code's process never holds the nonce. An expression's value, and stdout, are compared by the caller,
+outside the sandbox (the value after a JSON round trip), so neither needs the code's process to be
+honest either.
 
 **Containment** (``RunResult.isolation`` lists the layers in place, ``RunResult.unenforced`` what no kernel
 layer enforced in that run):
@@ -138,18 +139,24 @@ def run_python(
     namespaces_and_landlock: bool = True,
     expression: str | None = None,
     program_may_exit: bool = False,
+    tests: str | None = None,
+    serve: str | None = None,
 ) -> RunResult:
     """Run the source ``stages`` one after another in one contained interpreter (each in a copy of the
     names the ones before it defined; ``__name__ == "__main__"``), then evaluate ``expression`` (if given)
     likewise; ``root`` is where its temporary directory is made. ``program_may_exit`` lets ``SystemExit``
     of code 0 or None end the last stage normally (a program's ``sys.exit()``); otherwise any
-    ``SystemExit`` fails the run. ``namespaces_and_landlock=False`` leaves those layers out (the fallback
-    of kernels without them)."""
+    ``SystemExit`` fails the run. With ``tests`` and ``serve``, the code's process serves calls of its
+    function ``serve`` after the stages, and ``tests`` run outside it, in the runner, calling that name
+    (:mod:`infokv.benchmarks.sandbox_calls`): their outcome is the verdict. ``namespaces_and_landlock=False``
+    leaves those layers out (the fallback of kernels without them)."""
     limits = limits or Limits()
     if not stages or not all(isinstance(stage, str) for stage in stages):
         raise ValueError("sandbox: stages must be a non-empty sequence of source strings")
     if expression is not None and not isinstance(expression, str):
         raise ValueError(f"sandbox: expression={expression!r} must be source text or None")
+    if (tests is None) != (serve is None) or (tests is not None and expression is not None):
+        raise ValueError("sandbox: tests and serve go together, and not with an expression")
     directory = Path(tempfile.mkdtemp(prefix="sandbox-", dir=root))
     cgroup = _pids_cgroup(directory.name, limits.processes) if os.geteuid() == 0 else None
     spec = {
@@ -159,6 +166,8 @@ def run_python(
         "stages": list(stages),
         "expression": expression,
         "program_may_exit": program_may_exit,
+        "tests": tests,
+        "serve": serve,
         "timeout": limits.timeout,
         "cpu": limits.cpu,
         "memory": limits.memory_bytes,
@@ -321,10 +330,15 @@ def _verdict(report: dict, verdicts: dict, limits: Limits, runner_code: int | No
         return f"error: {report['error']}", ""
     if "status" not in report:
         return "error: the sandbox runner ended without a report", f"runner exit {runner_code}"
-    if report["timed_out"]:
-        return "timeout", f"wall clock over {limits.timeout:g} s"
-    lines = verdicts["verdicts"]
     status, cpu = report["status"], report["cpu"]
+    outcome, detail = report.get("tests", (None, ""))
+    if outcome == "passed":
+        return "passed", ""
+    if report["timed_out"] or outcome == "timeout":
+        return "timeout", f"wall clock over {limits.timeout:g} s"
+    if outcome == "failed" and not os.WIFSIGNALED(status):  # else a signal ended the code: said below
+        return "failed", detail
+    lines = verdicts["verdicts"]
     if len(lines) == 1:
         verdict, where, description = (lines[0].split(" ", 2) + ["", ""])[:3]
         if verdict == "passed":

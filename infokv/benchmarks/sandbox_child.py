@@ -31,6 +31,9 @@ which the scorer reads as a failure. The one exception: with ``program_may_exit`
 ``SystemExit`` of code 0 or ``None`` ends the last stage like a program's normal end (stdin/stdout
 programs, whose output the scorer compares itself). A copy of the process made by ``fork`` never writes a
 verdict: the harness checks its pid before every stage and before writing.
+
+With ``tests`` (:mod:`infokv.benchmarks.sandbox_calls`), the code's process gets no nonce: after the stages
+it serves calls of its function, and the runner runs the tests, calling it, and reports their outcome.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import sandbox_layers as layers  # noqa: E402  (a sibling module, found through the line above)
+import sandbox_calls as calls  # noqa: E402  (sibling modules, found through the line above)
+import sandbox_layers as layers  # noqa: E402
 
 ERROR_TEXT = 2000  # characters of a failure's description kept in the verdict
 # imported before the code runs, so that their state can be restored for the stages after it
@@ -60,8 +64,9 @@ PRELOADED = ("math", "random", "copy", "re", "string", "itertools", "functools",
 # ---------------------------------------------------------------- the harness (in the code's process)
 
 
-def harness(spec: dict, verdict_fd: int) -> None:
-    """Run the stages and write the verdict (see the module docstring); never returns."""
+def harness(spec: dict, verdict_fd: int, call_fds: tuple[int, int] | None) -> None:
+    """Run the stages and write the verdict (see the module docstring), or with ``call_fds`` (requests,
+    replies) serve calls of the function ``spec["serve"]`` to tests run by the runner; never returns."""
     _compile, _exec, _eval, _write, _exit, _getpid = compile, exec, eval, os.write, os._exit, os.getpid
     _type, _str, _int, _len, _dict = type, str, int, len, dict
     _base_exception, _system_exit, _memory_error = BaseException, SystemExit, MemoryError
@@ -73,6 +78,7 @@ def harness(spec: dict, verdict_fd: int) -> None:
     restore_modules = _module_restorer(_dict, _type)
     nonce, may_exit, me = spec.pop("nonce"), spec["program_may_exit"], _getpid()
     value_bytes = spec["value_bytes"]
+    serve = calls.server(*call_fds, value_bytes) if call_fds else None
     stages = [(source, "exec") for source in spec["stages"]]
     if spec["expression"] is not None:
         stages.append((spec["expression"], "eval"))
@@ -103,6 +109,14 @@ def harness(spec: dict, verdict_fd: int) -> None:
             status = "memory" if kind is _memory_error else "failed"
             where, description = f"stage-{index}", _describe_error(error, _format, _type, _str, _write)
             break
+    if serve is not None:
+        failure = None if status == "passed" else f"{where.replace('-', ' ')}: {description}"
+        if failure is None and spec["serve"] not in names:
+            failure = f"no function {spec['serve']} was defined"
+        try:
+            serve(failure, names.get(spec["serve"]))
+        finally:
+            _exit(0)
     if status == "passed":
         end_like_a_program()
     for flush in _flush:  # the standard streams as they were, also after a failure
@@ -180,7 +194,9 @@ def describe(error: BaseException, _format, _type, _str, _write) -> str:
     return _str(last).replace("\n", " ")[:ERROR_TEXT]
 
 
-def code_process(spec: dict, verdict_fd: int, layers_fd: int, namespaced: bool) -> None:
+def code_process(
+    spec: dict, verdict_fd: int, layers_fd: int, call_fds: tuple[int, int] | None, namespaced: bool
+) -> None:
     """The code's process: kernel layers on itself, their names to the runner through ``layers_fd`` (not
     the verdict file, which holds nothing tagged with the nonce before the verdict), then the harness;
     never returns."""
@@ -206,7 +222,7 @@ def code_process(spec: dict, verdict_fd: int, layers_fd: int, namespaced: bool) 
     except BaseException as error:  # the sandbox itself failed: no code has run
         os.write(2, f"sandbox set-up: {type(error).__name__}: {error}\n".encode())
         os._exit(70)
-    harness(spec, verdict_fd)
+    harness(spec, verdict_fd, call_fds)
 
 
 # ---------------------------------------------------------------- the runner
@@ -295,17 +311,33 @@ def runner(spec_fd: int, report_fd: int, verdict_fd: int, nonce_fd: int) -> None
         os._exit(1)
     tell({"isolation": isolation})
     layers_read, layers_write = os.pipe()
+    requests, replies = (os.pipe(), os.pipe()) if spec["tests"] is not None else (None, None)
+    deadline = time.monotonic() + spec["timeout"]
     child = os.fork()
     if child == 0:
         report.close()
         os.close(layers_read)
         nonce = ""  # the closure of tell() held it: the harness's own copy is the only one left
-        code_process(spec, verdict_fd, layers_write, namespaced)
+        call_fds = None
+        if requests and replies:  # the runner judges: the code's process gets no nonce at all
+            os.close(requests[1])
+            os.close(replies[0])
+            call_fds, spec["nonce"] = (requests[0], replies[1]), ""
+        code_process(spec, verdict_fd, layers_write, call_fds, namespaced)
     os.close(verdict_fd)
     os.close(layers_write)
     with os.fdopen(layers_read, "rb") as handle:  # until the code's process closes it, before any code runs
         tell({"code_isolation": json.loads(handle.read() or b"[]")})
-    status, cpu, timed_out = _wait(child, spec["timeout"])
+    if requests and replies:
+        os.close(requests[0])
+        os.close(replies[1])
+        outcome = calls.run_tests(spec["tests"], spec["serve"], requests[1], replies[0], deadline)
+        tell({"tests": outcome})
+        os.close(requests[1])  # the code's process ends when it reads the end of the requests
+        os.close(replies[0])
+        if outcome[0] == "timeout":
+            deadline = time.monotonic()
+    status, cpu, timed_out = _wait(child, max(deadline - time.monotonic(), 0.5))
     _sweep(child)
     tell({"status": status, "cpu": cpu, "timed_out": timed_out})
     report.close()

@@ -149,6 +149,20 @@ def test_an_expression_s_value_comes_back_as_json_within_the_output_limit():
     assert (big.passed, big.detail, big.value) == (False, "stage 1: value over 1000 bytes", None)
 
 
+def test_tests_run_outside_and_get_the_function_s_values_as_plain_literals():
+    tests = "assert f(2) == 4 and f((1,)) == (1, 1) and f([{'a': 1}]) == [{'a': 1}] * 2\nprint('tested')"
+    passed = run_python(["def f(x):\n    return x * 2"], tests=tests, serve="f")
+    assert (passed.passed, passed.stdout) == (True, "tested\n")
+    array = "import numpy\ndef f(x):\n    return numpy.array(x) * 2"
+    assert run_python([array], tests="assert f([1]) == [2]", serve="f").passed
+    other = run_python(["def f(x):\n    return object()"], tests="f(1)", serve="f")
+    assert "the return value is not a plain Python literal: <object" in other.detail
+    raising = run_python(["def f(x):\n    raise ValueError('no')"], tests="f(1)", serve="f")
+    assert raising.detail == "tests: CallFailed: the function raised ValueError: no"
+    with pytest.raises(ValueError, match="tests and serve go together"):
+        run_python(["x = 1"], tests="pass")
+
+
 def test_bad_limits_and_stages_are_one_line_errors():
     with pytest.raises(ValueError, match="timeout=0 must be positive"):
         Limits(timeout=0)

@@ -334,10 +334,10 @@ def _verdict(report: dict, verdicts: dict, limits: Limits, runner_code: int | No
     outcome, detail = report.get("tests", (None, ""))
     if outcome == "passed":
         return "passed", ""
+    if outcome == "failed" and (report["timed_out"] or not os.WIFSIGNALED(status)):
+        return "failed", detail  # (timed_out: the runner ended the code once the tests were done)
     if report["timed_out"] or outcome == "timeout":
         return "timeout", f"wall clock over {limits.timeout:g} s"
-    if outcome == "failed" and not os.WIFSIGNALED(status):  # else a signal ended the code: said below
-        return "failed", detail
     lines = verdicts["verdicts"]
     if len(lines) == 1:
         verdict, where, description = (lines[0].split(" ", 2) + ["", ""])[:3]

@@ -26,6 +26,7 @@ import time
 import traceback
 
 HEADER = struct.Struct("!Q")
+MESSAGE_MARGIN = 4096  # bytes a reply may hold beyond its value (its kind, an error message)
 
 
 class CallFailed(Exception):
@@ -84,8 +85,9 @@ def _plain_value(value, _type):
     return value
 
 
-def _receive(handle: int, read, deadline: float | None) -> bytes | None:
-    """One message from ``handle``; None at its end; TimeoutError past ``deadline`` (monotonic seconds)."""
+def _receive(handle: int, read, deadline: float | None, limit: int | None = None) -> bytes | None:
+    """One message from ``handle``; None at its end; TimeoutError past ``deadline`` (monotonic seconds);
+    CallFailed when it announces more than ``limit`` bytes (the runner never holds more from the code)."""
     data = b""
     wanted = HEADER.size
     header_read = False
@@ -102,18 +104,22 @@ def _receive(handle: int, read, deadline: float | None) -> bytes | None:
         if header_read:
             return data
         wanted, data, header_read = HEADER.unpack(data)[0], b"", True
+        if limit is not None and wanted > limit:
+            raise CallFailed(f"a reply of {wanted} bytes, over {limit}")
         if wanted == 0:
             return b""
 
 
-def run_tests(source: str, name: str, requests: int, replies: int, deadline: float) -> tuple[str, str]:
-    """The runner's side: run ``source`` with ``name`` bound to the stub; ("passed" | "failed" | "timeout",
-    what happened)."""
+def run_tests(
+    source: str, name: str, requests: int, replies: int, deadline: float, limit: int
+) -> tuple[str, str]:
+    """The runner's side: run ``source`` with ``name`` bound to the stub, reading no reply over ``limit``
+    bytes; ("passed" | "failed" | "timeout", what happened)."""
 
     def stub(*args, **kwargs):
         message = repr((args, kwargs)).encode()
         os.write(requests, HEADER.pack(len(message)) + message)
-        reply = _receive(replies, os.read, deadline)
+        reply = _receive(replies, os.read, deadline, limit)
         if reply is None:
             raise CallFailed("the code's process ended before answering")
         kind, _, text = reply.decode("utf-8", "replace").partition(" ")
@@ -125,7 +131,7 @@ def run_tests(source: str, name: str, requests: int, replies: int, deadline: flo
             raise CallFailed(f"the return value is not a plain Python literal: {text[:200]}") from None
 
     try:
-        first = _receive(replies, os.read, deadline)
+        first = _receive(replies, os.read, deadline, limit)
         first = first or b"failed the code's process ended before the tests"
         kind, _, text = first.decode("utf-8", "replace").partition(" ")
         if kind != "ready":

@@ -331,13 +331,13 @@ def runner(spec_fd: int, report_fd: int, verdict_fd: int, nonce_fd: int) -> None
     if requests and replies:
         os.close(requests[0])
         os.close(replies[1])
-        outcome = calls.run_tests(spec["tests"], spec["serve"], requests[1], replies[0], deadline)
+        limit = spec["value_bytes"] + calls.MESSAGE_MARGIN
+        outcome = calls.run_tests(spec["tests"], spec["serve"], requests[1], replies[0], deadline, limit)
         tell({"tests": outcome})
         os.close(requests[1])  # the code's process ends when it reads the end of the requests
         os.close(replies[0])
-        if outcome[0] == "timeout":
-            deadline = time.monotonic()
-    status, cpu, timed_out = _wait(child, max(deadline - time.monotonic(), 0.5))
+        deadline = time.monotonic() + (0 if outcome[0] == "timeout" else 0.5)  # the tests are done
+    status, cpu, timed_out = _wait(child, max(deadline - time.monotonic(), 0))
     _sweep(child)
     tell({"status": status, "cpu": cpu, "timed_out": timed_out})
     report.close()

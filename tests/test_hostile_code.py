@@ -131,6 +131,12 @@ HUMANEVAL_TRICKS = {
     "fake verdicts on stdout, stderr and every open descriptor": (0, WRONG + FAKE_VERDICTS),
     "verdicts forged with nonces hunted in the ancestors' files": (0, WRONG + NONCE_HUNT),
     "verdicts forged with nonces hunted through the garbage collector": (0, WRONG + GC_HUNT),
+    "a terabyte reply announced on every descriptor": (
+        0,
+        "import os, struct\ndef has_close_elements(n, t):\n    for fd in range(3, 64):\n        try:\n"
+        "            os.write(fd, struct.pack('!Q', 1 << 40) + b'True' * 1000)\n        except OSError:\n"
+        "            pass\n    return True\n",
+    ),
     # what passes OpenAI's harness, where the tests run in the code's process: here they run outside it
     "an object equal to everything": (
         0,

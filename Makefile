@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv model test demo lint bench-sweep bench bench-wheels reproduce-table
+.PHONY: venv model test demo lint bench-sweep bench bench-wheels reproduce-table fidelity
 
 venv: $(STAMP)
 
@@ -56,3 +56,17 @@ reproduce-table: venv model
 	$(BIN)/infokv-run experiment=$(SIZE)_prefill launcher=$(LAUNCHER)
 	$(BIN)/infokv-run experiment=$(SIZE)_decode launcher=$(LAUNCHER)
 	$(BIN)/python experiments/reproduce_table.py --size $(SIZE)
+
+# Fidelity to kvpress 0.5.5 (scripts/fidelity_kvpress.py): kvpress runs in its own env on the CPU, our
+# methods in .venv, on the same token ids; writes results/fidelity/ and tests/data/kvpress_oracle.json.
+KVPRESS_VENV := .venv-kvpress
+KVPRESS_CPU_SPECS := kvpress==0.5.5 transformers==5.2.0
+
+$(KVPRESS_VENV)/.installed:
+	test -x $(KVPRESS_VENV)/bin/python || $(PYTHON) -m venv $(KVPRESS_VENV)
+	$(KVPRESS_VENV)/bin/pip install '$(TORCH_SPEC)'
+	$(KVPRESS_VENV)/bin/pip install $(KVPRESS_CPU_SPECS)
+	touch $@
+
+fidelity: venv model $(KVPRESS_VENV)/.installed
+	$(BIN)/python scripts/fidelity_kvpress.py --kvpress-python $(KVPRESS_VENV)/bin/python

@@ -1,11 +1,20 @@
 """KV budgets: a ratio of the prompt or a token count, turned into per-layer, per-row keep counts.
 
-Schedules over layers l = 0..L−1 for a per-layer budget b (window w always kept):
+A ratio b keeps ⌊T·(1 − r)⌋ of T tokens with r = 1 − b evaluated in floating point, exactly as kvpress
+0.5.5 (``compute_n_kept``) keeps ``int(T * (1 - compression_ratio))`` for ``compression_ratio = 1 - b``;
+a token budget keeps that many tokens. Either is then at least the method's always-kept tokens and at
+most T. Schedules over layers l = 0..L−1 for a per-row share s = T·(1 − r) (or the token count), window
+w and the layer-0..L−1 budgets b_l:
 
-* ``uniform``: b_l = b.
-* ``pyramid`` (PyramidKV, β = 20): the part above the window, b' = b − w, is spread linearly from
-  b'_max at the first layer down to b'_min = b'/β at the last, with b'_max = 2b' − b'_min so the
-  total over layers is unchanged: b_l = w + b'_max − l (b'_max − b'_min)/(L − 1).
+* ``uniform``: b_l = ⌊s⌋.
+* ``pyramid`` (kvpress 0.5.5's ``PyramidKVPress``, β = 20; the window counts inside each layer's budget):
+  b_min = s/β, b_max = 2s − b_min; if b_max ≥ T − w then b_max = T − w, b_min = 2s − b_max. Unless
+  T ≥ b_max ≥ b_min ≥ w (i.e. roughly s ≥ β·w) every layer falls back to round(s), uniform SnapKV;
+  otherwise b_l = round(b_max − l (b_max − b_min)/(L − 1)). Rounding is half to even, as Python's.
+* ``pyramid_original`` (PyramidKV's own code, KVCache-Factory ``pyramidkv_utils``; the window on top of
+  each layer's budget): with c = ⌊s⌋ − w the budget above the window, m = ⌊c/β⌋, M = 2c − m (or, if
+  M ≥ T − w, M = T − w and m = 2c − M), steps ⌊(M − m)/(L − 1)⌋: b_l = w + M − l·steps; prompts shorter
+  than 2c keep ⌊s⌋ in every layer, as that code's uniform branch does.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-LAYER_BUDGETS = ("uniform", "pyramid")
+LAYER_BUDGETS = ("uniform", "pyramid", "pyramid_original")
 
 
 @dataclass(frozen=True)
@@ -65,25 +74,67 @@ class Budget:
     def label(self) -> str:
         return f"{self.ratio:g}" if self.ratio is not None else str(self.tokens)
 
-    def per_row(self, lengths: torch.Tensor, floor: int) -> torch.Tensor:
-        """Tokens to keep per row (B,), given each row's length: at least ``floor``, at most the length."""
+    def share(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Unrounded tokens to keep per row (B,) in float64: T·(1 − (1 − b)) for a ratio b, as kvpress's
+        ``T * (1 - compression_ratio)`` gives it, or the token count."""
         if self.ratio is not None:
-            wanted = torch.ceil(lengths.double() * self.ratio).long()
-        else:
-            wanted = torch.full_like(lengths, self.tokens)
-        return torch.minimum(wanted.clamp_min(floor), lengths)
+            return lengths.double() * (1.0 - (1.0 - self.ratio))
+        return torch.full_like(lengths, self.tokens, dtype=torch.float64)
+
+    def per_row(self, lengths: torch.Tensor, floor: int) -> torch.Tensor:
+        """Tokens to keep per row (B,): ⌊share⌋, at least ``floor`` and 1, at most the length."""
+        wanted = self.share(lengths).floor().long()
+        return torch.minimum(wanted.clamp_min(max(1, floor)), lengths)
 
 
 def layer_schedule(
-    kind: str, keep: torch.Tensor, layers: int, window: int, beta: float = 20.0
+    kind: str,
+    share: torch.Tensor,
+    lengths: torch.Tensor,
+    layers: int,
+    window: int,
+    beta: float = 20.0,
 ) -> list[torch.Tensor]:
-    """Per-layer keep counts (list of (B,)) from per-row counts ``keep`` (B,) by schedule ``kind``."""
+    """Per-layer keep counts (list of L (B,) tensors) by schedule ``kind`` from each row's unrounded share
+    (:meth:`Budget.share`) and length; the caller bounds them by the always-kept tokens and the length."""
     if kind == "uniform":
+        keep = share.floor().long()
         return [keep.clone() for _ in range(layers)]
     if kind == "pyramid":
-        above = (keep - window).clamp_min(0).double()
-        smallest = above / beta
-        largest = 2 * above - smallest
-        step = (largest - smallest) / max(1, layers - 1)
-        return [(window + torch.round(largest - index * step)).long() for index in range(layers)]
+        return _pyramid(share, lengths.double(), layers, window, beta)
+    if kind == "pyramid_original":
+        return _pyramid_original(share.floor().long(), lengths, layers, window, beta)
     raise ValueError(f"layer_budget {kind!r} is not one of {LAYER_BUDGETS}")
+
+
+def _pyramid(
+    share: torch.Tensor, lengths: torch.Tensor, layers: int, window: int, beta: float
+) -> list[torch.Tensor]:
+    """kvpress's pyramid (module docstring), in the same float64 operations so that rounding agrees."""
+    capacity = window + share
+    smallest = (capacity - window) / beta
+    largest = (capacity - window) * 2 - smallest
+    capped = largest >= lengths - window
+    largest = torch.where(capped, lengths - window, largest)
+    smallest = torch.where(capped, (capacity - window) * 2 - largest, smallest)
+    engaged = (lengths >= largest) & (largest >= smallest) & (smallest >= window)
+    fallback = share.round().clamp_min(1.0)
+    step = (largest - smallest) / (layers - 1) if layers > 1 else torch.zeros_like(largest)
+    return [
+        torch.where(engaged, (largest - index * step).round(), fallback).long() for index in range(layers)
+    ]
+
+
+def _pyramid_original(
+    keep: torch.Tensor, lengths: torch.Tensor, layers: int, window: int, beta: float
+) -> list[torch.Tensor]:
+    """PyramidKV's own schedule (module docstring): integer steps, the window added to every layer."""
+    above = (keep - window).clamp_min(0)
+    smallest = torch.div(above, beta, rounding_mode="floor").long()
+    largest = above * 2 - smallest
+    capped = largest >= lengths - window
+    largest = torch.where(capped, lengths - window, largest)
+    smallest = torch.where(capped, above * 2 - largest, smallest)
+    step = torch.div(largest - smallest, max(1, layers - 1), rounding_mode="floor")
+    short = lengths < above * 2
+    return [torch.where(short, keep, window + largest - index * step) for index in range(layers)]

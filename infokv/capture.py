@@ -77,7 +77,8 @@ class Captured:
     cumulative: dict[int, torch.Tensor] = field(default_factory=dict)
     next_entropy: dict[int, torch.Tensor] = field(default_factory=dict)
     evolution: torch.Tensor | None = None
-    query_statistics: dict[int, QueryStatistics] = field(default_factory=dict)
+    query_statistics: dict[tuple[int, int], QueryStatistics] = field(default_factory=dict)
+    """Per (layer, s): statistics of the queries after each row's first s valid tokens."""
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -105,8 +106,13 @@ class Capturer:
         )
         self.cumulative = signals.CUMULATIVE_ATTENTION in kinds
         self.evolution = signals.EVOLUTION in kinds
-        self.query_statistics = signals.QUERY_STATISTICS in kinds
+        self.statistics_skips = sorted(
+            {requirement[1] if len(requirement) > 1 else 0 for requirement in requirements
+             if requirement[0] == signals.QUERY_STATISTICS}
+        )
+        self.query_statistics = bool(self.statistics_skips)
         self.chunk_valid: torch.Tensor | None = None
+        self.chunk_positions: torch.Tensor | None = None
         self.layer_outputs: dict[int, torch.Tensor] = {}
         self.entropy_rows = entropy_rows
         """Positions whose logits exist at once (see :func:`entropy_rows`)."""
@@ -141,8 +147,12 @@ class Capturer:
         return output
 
     def on_queries(self, layer: int, queries: torch.Tensor) -> None:
-        statistics = self.captured.query_statistics.setdefault(layer, QueryStatistics())
-        statistics.add(queries, self.chunk_valid)
+        for skip in self.statistics_skips:
+            statistics = self.captured.query_statistics.setdefault((layer, skip), QueryStatistics())
+            counted = self.chunk_valid
+            if skip > 0:  # padding has position 0, so it is left out here too
+                counted = self.chunk_positions >= skip
+            statistics.add(queries, counted)
 
     def on_layer_output(self, layer: int, hidden: torch.Tensor) -> None:
         self.layer_outputs[layer] = hidden.detach()
@@ -230,6 +240,7 @@ def prefill(
         for start in range(0, total, chunk):
             stop = min(total, start + chunk)
             capturer.chunk_valid = valid[:, start:stop] if has_padding else None
+            capturer.chunk_positions = positions[:, start:stop]
             hidden = forward_hidden(
                 model,
                 state,

@@ -95,8 +95,9 @@ class LayerView(Memoised):
             raise self._missing("representation evolution")
         return self.captured.evolution[self.layer]
 
-    def query_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        statistics = self.captured.query_statistics.get(self.layer)
+    def query_statistics(self, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ and Σ of the pre-RoPE queries after each row's first ``skip`` tokens."""
+        statistics = self.captured.query_statistics.get((self.layer, skip))
         if statistics is None:
             raise self._missing("query statistics")
         return statistics.mean_and_covariance()
@@ -171,7 +172,8 @@ class DecodeLayerView(Memoised):
     def evolution(self) -> torch.Tensor:
         return self.entries.evolution
 
-    def query_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_statistics(self, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ and Σ of the generated queries; ``skip`` (the prompt's sinks) leaves none of them out."""
         if self.entries.statistics is None:
             raise RuntimeError("decoding query statistics were not captured")
         return self.entries.statistics.mean_and_covariance()

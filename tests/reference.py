@@ -48,11 +48,17 @@ class Reference:
         grouped = scores.reshape(self.kv_heads, -1, scores.shape[-1])
         return grouped.mean(1) if reduction == "mean" else grouped.amax(1)
 
-    def window_attention(self, layer: int, window: int, kernel: int = 7) -> torch.Tensor:
-        summed = self.attentions[layer][:, -window:, :].sum(dim=1)
-        pooled = F.max_pool1d(summed[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
+    def window_attention(
+        self, layer: int, window: int, kernel: int = 5, pooling: str = "avg"
+    ) -> torch.Tensor:
+        """SnapKV's score: the window's attention to the keys before it, pooled over those keys only (zero
+        padding at both edges, counted in an average), 0 at the window's keys, normalised."""
+        summed = self.attentions[layer][:, -window:, :-window].sum(dim=1)
+        pool = F.max_pool1d if pooling == "max" else F.avg_pool1d
+        pooled = pool(summed[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
         reduced = self.reduce(pooled)
-        return reduced / reduced.sum(-1, keepdim=True)
+        reduced = reduced / reduced.sum(-1, keepdim=True)
+        return F.pad(reduced, (0, window))
 
     def cumulative_attention(self, layer: int) -> torch.Tensor:
         return self.reduce(self.attentions[layer].sum(dim=1))

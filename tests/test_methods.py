@@ -7,6 +7,7 @@ import torch
 from reference import Reference
 
 from infokv import compress, methods
+from infokv.budget import Budget, layer_schedule
 from infokv.engine import left_pad
 from infokv.methods.infokv import combine
 
@@ -41,24 +42,72 @@ def test_bad_method_parameters_fail_with_one_line(name, params, message):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("name", ALL[1:])
-def test_exact_budget_per_head_with_sink_and_window_kept(model, name):
+EXACT = [(name, {}) for name in ALL[1:]] + [
+    ("pyramidkv", {"window": 4}),
+    ("pyramidkv", {"window": 4, "layer_budget": "pyramid_original"}),
+]
+
+
+@pytest.mark.parametrize("name, params", EXACT)
+def test_exact_budget_per_head_with_sink_and_window_kept(model, name, params):
     prompt = random_prompt(120)
-    method = methods.get(name)
-    _, kept = compress(model, prompt, method, 50)
-    uniform = method.layer_budget == "uniform"
+    method = methods.get(name, **params)
+    budget = 80 if method.layer_budget != "pyramid_original" else 40
+    _, kept = compress(model, prompt, method, budget)
+    lengths = [layer_kept.shape[-1] for layer_kept in kept]
     for layer_kept in kept:
-        if uniform:
-            assert layer_kept.shape[-1] == 50
         assert (layer_kept >= 0).all()
         for head in layer_kept[0]:
             assert head.unique().numel() == head.numel()
             assert set(range(method.sink)) <= set(head.tolist())
             assert set(range(120 - method.window, 120)) <= set(head.tolist())
-    if not uniform:
-        lengths = [layer_kept.shape[-1] for layer_kept in kept]
+    if method.window >= 64 or method.layer_budget == "uniform":
+        # kvpress's pyramid falls back to uniform budgets below beta * window = 1280 kept tokens
+        assert lengths == [budget] * len(kept)
+    else:
         assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
-        assert sum(lengths) == pytest.approx(50 * len(kept), abs=len(kept))
+    if method.layer_budget == "pyramid":
+        assert sum(lengths) == pytest.approx(budget * len(kept), abs=len(kept))
+
+
+def test_kept_count_is_kvpress_floor_of_one_minus_compression_ratio():
+    """kvpress keeps int(T * (1 - r)) with r = 1 - b: 1 - 0.8 is just below 0.2 in floating point, so a
+    1000-token prompt at 20% keeps 199 tokens, not 200; at 40% (1 - 0.6 just above 0.4) it keeps 400."""
+    lengths = torch.tensor([1000, 1001, 999])
+    assert Budget.parse(0.2).per_row(lengths, 0).tolist() == [199, 200, 199]
+    assert Budget.parse(0.4).per_row(lengths, 0).tolist() == [400, 400, 399]
+    assert Budget.parse(40).per_row(lengths, 64).tolist() == [64, 64, 64]
+
+
+def kvpress_pyramid(length: int, ratio: float, window: int, layers: int, beta: float = 20.0) -> list[int]:
+    """PyramidKVPress.get_layer_budget's arithmetic in Python floats, the oracle for the tensor version."""
+    share = length * (1 - (1 - ratio))
+    low = share / beta
+    high = share * 2 - low
+    if high >= length - window:
+        high = length - window
+        low = share * 2 - high
+    if not length >= high >= low >= window:
+        return [max(1, round(share))] * layers
+    return [round(high - layer * (high - low) / (layers - 1)) for layer in range(layers)]
+
+
+@pytest.mark.parametrize("length, ratio, window", [(1195, 0.4, 16), (1898, 0.2, 16), (1500, 0.2, 16),
+                                                   (1500, 0.4, 64), (7000, 0.4, 64), (333, 0.9, 8)])
+def test_pyramid_schedule_is_kvpress_with_its_fallback(length, ratio, window):
+    budget = Budget.parse(ratio)
+    lengths = torch.tensor([length])
+    counts = layer_schedule("pyramid", budget.share(lengths), lengths, 30, window)
+    assert [int(count) for count in counts] == kvpress_pyramid(length, ratio, window, 30)
+
+
+def test_pyramid_original_adds_the_window_on_top():
+    lengths = torch.tensor([2000])
+    keep = Budget.parse(0.2).per_row(lengths, 0)
+    counts = [int(c) for c in layer_schedule("pyramid_original", keep.double(), lengths, 5, 32)]
+    above = int(keep) - 32
+    low, high = above // 20, 2 * above - above // 20
+    assert counts == [32 + high - layer * ((high - low) // 4) for layer in range(5)]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -88,7 +137,7 @@ def test_padding_is_evicted_first_and_rows_match_one_by_one(model, name):
 
 def test_infokv_alpha_one_keeps_exactly_snapkv(model):
     prompt = random_prompt(160, seed=3)
-    for budget in (40, 0.3):
+    for budget in (90, 0.6):
         _, snap = compress(model, prompt, "snapkv", budget)
         _, info = compress(model, prompt, methods.get("infokv", alpha=1.0), budget)
         for a, b in zip(snap, info, strict=True):
@@ -100,7 +149,7 @@ def test_infokv_alpha_one_keeps_exactly_snapkv(model):
 @pytest.mark.parametrize("tau", [0.0, 1.0, 3.0])
 def test_infokv_alpha_zero_keeps_top_information_tokens(llama, tau):
     prompt = random_prompt(140, seed=4)
-    method = methods.get("infokv", alpha=0.0, tau=tau, entropy_topk=8)
+    method = methods.get("infokv", alpha=0.0, tau=tau, entropy_topk=8, window=16)
     budget = 60
     _, kept = compress(llama, prompt, method, budget)
     reference = Reference(llama, prompt)

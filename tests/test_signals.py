@@ -40,11 +40,12 @@ def test_signals_match_float64_reference(model, prompt, chunk):
     for layer in range(state.num_layers):
         view = LayerView(state, captured, layer, memo={})
         close = dict(rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(
-            view.window_attention(16, "max", 7, "mean")[0].double(),
-            reference.window_attention(layer, 16),
-            **close,
-        )
+        for pooling, kernel in (("avg", 5), ("max", 7)):
+            torch.testing.assert_close(
+                view.window_attention(16, pooling, kernel, "mean")[0].double(),
+                reference.window_attention(layer, 16, kernel, pooling),
+                **close,
+            )
         torch.testing.assert_close(
             view.cumulative_attention("mean")[0].double(), reference.cumulative_attention(layer), **close
         )
@@ -107,13 +108,18 @@ def test_future_rotation_is_mean_of_rope_rotations(llama, prompt):
     torch.testing.assert_close(rotation, total / 8, rtol=1e-5, atol=1e-6)
 
 
-def test_expected_attention_scores_follow_the_formula(llama, prompt):
-    """S_i = mean_g softmax_i(k_i·μ̄_g s + ½ k_iᵀ Σ̄_g k_i s²) · ‖v_i‖, evaluated token by token in float64."""
+@pytest.mark.parametrize("sink", [4, 0])
+def test_expected_attention_scores_follow_the_formula(llama, prompt, sink):
+    """S_i = mean_g softmax_{i ≥ sink}(k_i·μ̄_g s + ½ k_iᵀ Σ̄_g k_i s²) · ‖v_i‖ with μ, Σ of the queries after
+    the sinks (kvpress's ExpectedAttentionPress), evaluated token by token in float64."""
     valid = torch.ones_like(prompt, dtype=torch.bool)
-    method = methods.get("expected_attention", n_future=8)
+    method = methods.get("expected_attention", n_future=8, sink=sink)
     state, captured, _ = prefill(llama, prompt, valid, method.requirements(), chunk=64)
     view = LayerView(state, captured, 1, memo={})
-    mean, covariance = (statistic[0].double() for statistic in view.query_statistics())
+    queries = Reference(llama, prompt).queries[1][sink:].transpose(0, 1)  # (H, T - sink, d)
+    mean = queries.mean(1)
+    centred = queries - mean[:, None]
+    covariance = centred.transpose(1, 2) @ centred / queries.shape[1]
     rotation = view.future_rotation(8)[0].double()
     keys, values = view.keys[0].double(), view.values[0].double()  # (H_kv, T, d)
     groups = mean.shape[0] // keys.shape[0]
@@ -121,11 +127,11 @@ def test_expected_attention_scores_follow_the_formula(llama, prompt):
     for head in range(mean.shape[0]):
         rotated_mean = rotation @ mean[head]
         rotated_covariance = rotation @ covariance[head] @ rotation.T
-        key = keys[head // groups]
+        key = keys[head // groups, sink:]
         scale = view.scaling
         quadratic = torch.stack([k @ rotated_covariance @ k for k in key])
         logits = key @ rotated_mean * scale + 0.5 * quadratic * scale**2
-        expected[head // groups] += logits.softmax(0) / groups
+        expected[head // groups, sink:] += logits.softmax(0) / groups
     expected = expected * values.norm(dim=-1)
     torch.testing.assert_close(method.score(view)[0].double(), expected, rtol=1e-4, atol=1e-7)
 

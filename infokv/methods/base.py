@@ -22,7 +22,8 @@ Requirement = tuple
 class Method:
     """A KV-cache compression method: scores per layer and KV head, then a top-budget selection.
 
-    ``sink`` first tokens and the last ``window`` tokens are always kept and count toward the budget.
+    ``sink`` first tokens and the last ``window`` tokens are always kept and count toward the budget, which
+    keeps ⌊T·b⌋ tokens of a T-token prompt (kvpress's rule, :mod:`infokv.budget`).
     """
 
     name: ClassVar[str] = ""
@@ -53,7 +54,10 @@ class Method:
     def keep_counts(self, budget: Budget, lengths: torch.Tensor, layers: int) -> list[torch.Tensor]:
         """Tokens to keep per layer, per row: list of L tensors (B,)."""
         keep = budget.per_row(lengths, self.floor)
-        schedule = layer_schedule(self.layer_budget, keep, layers, self.window, getattr(self, "beta", 20.0))
+        share = budget.share(lengths)
+        schedule = layer_schedule(
+            self.layer_budget, share, lengths, layers, self.window, getattr(self, "beta", 20.0)
+        )
         # A budget at or above a row's length evicts nothing from that row, whatever the schedule.
         whole = keep >= lengths
         return [

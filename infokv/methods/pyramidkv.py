@@ -1,6 +1,14 @@
-"""PyramidKV (Cai et al. 2024): SnapKV scores with per-layer budgets decreasing linearly (β = 20).
+"""PyramidKV (Cai et al. 2024): SnapKV scores with per-layer budgets decreasing linearly over layers.
 
-Scores as SnapKV; budgets by the ``pyramid`` schedule of :mod:`infokv.budget`.
+Scores as :class:`~infokv.methods.snapkv.SnapKV` (kvpress's defaults: window 64, average pool over
+kernel 5, no sinks); budgets by ``layer_budget`` (:mod:`infokv.budget`):
+
+* ``pyramid`` (default, kvpress 0.5.5's ``PyramidKVPress``): the window counts inside each layer's
+  budget, β = 20 (its ``beta``), and the schedule falls back to uniform SnapKV (round(T·b) per layer)
+  unless roughly T·b ≥ β·window: with the default window of 64 a prompt keeps uniform budgets below
+  1280 kept tokens.
+* ``pyramid_original``: the PyramidKV authors' schedule (KVCache-Factory), the window added on top of
+  each layer's linearly decreasing budget, with integer steps.
 """
 
 from __future__ import annotations

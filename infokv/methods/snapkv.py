@@ -1,8 +1,17 @@
-"""SnapKV (Li et al. 2024): attention of the last ``window`` queries, pooled over positions.
+"""SnapKV (Li et al. 2024): attention of the last ``window`` queries to the keys before them, pooled.
 
     S_i^(h) = R_{g∈G(h)} P( Σ_{j∈window} softmax_i(q_j^(g) · k_i / √d) ),   normalised: Σ_i S_i = 1
 
-with P a 1-D pool (``pooling``, ``kernel``) and R the GQA reduction (``reduction``).
+for the keys i before the window (:func:`infokv.signals.attention.window_attention`), with P a 1-D pool
+over those keys (``pooling``, ``kernel``; zero padding at the edges) and R the GQA reduction
+(``reduction``). The window's own tokens are always kept and count toward the budget.
+
+Defaults are kvpress 0.5.5's ``SnapKVPress`` (the press the paper's SnapKV baseline ran):
+``window`` 64 (``window_size``), ``kernel`` 5 (``kernel_size``), ``pooling`` avg (``avg_pool1d`` with
+its default ``count_include_pad``), ``reduction`` mean (its per-group mean), ``sink`` 0 (it keeps no
+sinks), and the kept count ⌊T·b⌋ of :mod:`infokv.budget`. The SnapKV authors' code pools with max over
+kernel 7 (their LongBench settings, window 32 and up): ``pooling="max", kernel=7`` selects it; it pools
+the same keys (those before the window).
 """
 
 from __future__ import annotations
@@ -19,9 +28,10 @@ from infokv.signals.attention import POOLINGS, REDUCTIONS
 @dataclass(frozen=True)
 class SnapKV(Method):
     name = "snapkv"
-    window: int = 32
-    kernel: int = 7
-    pooling: str = "max"
+    sink: int = 0
+    window: int = 64
+    kernel: int = 5
+    pooling: str = "avg"
     reduction: str = "mean"
 
     def __post_init__(self) -> None:
@@ -39,7 +49,7 @@ class SnapKV(Method):
         return {(signals.WINDOW_QUERIES, self.window)}
 
     def attention(self, view) -> torch.Tensor:
-        """The window attention A (B, H_kv, T), normalised to sum to 1 over tokens."""
+        """The window attention A (B, H_kv, T), normalised to sum to 1 over the tokens before the window."""
         return view.window_attention(self.window, self.pooling, self.kernel, self.reduction)
 
     def score(self, view) -> torch.Tensor:

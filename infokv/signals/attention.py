@@ -2,11 +2,14 @@
 
 Window attention (SnapKV): for the last ``w`` queries ``q_j`` and every key ``k_i``
 
-    a_{j,i} = softmax_i(q_j · k_i · s + m_{j,i}),    A_i = P( Σ_j a_{j,i} )
+    a_{j,i} = softmax_i(q_j · k_i · s + m_{j,i}),    A_i = P( Σ_j a_{j,i} )  for the keys i before the window
 
-with scale ``s``, mask ``m`` (causal, padding), fp32 softmax over the full row, ``P`` a 1-D pool
-over positions; query heads of a GQA group are then reduced to their KV head and A is
-normalised to Σ_i A_i = 1.
+with scale ``s``, mask ``m`` (causal, padding), fp32 softmax over the full row (window keys included),
+``P`` a 1-D pool over the keys before the window only, stride 1, edges padded with zeros (average: the
+zeros count in the mean, as ``avg_pool1d``'s default; max: they never win over attention, which is ≥ 0);
+query heads of a GQA group are then reduced to their KV head and A is normalised to Σ_i A_i = 1 over
+those keys. The window's own keys get A = 0: selection always keeps them. This is kvpress 0.5.5's
+``SnapKVPress`` and the SnapKV authors' code alike; only the pool kind differs (average, max).
 
 Cumulative attention (H2O): ``C_i = Σ_j a_{j,i}`` over every query j seen, accumulated in blocks
 of queries so no (T × T) tensor exists.
@@ -210,7 +213,8 @@ def new_query_column_sums(
 
 
 def pool_positions(scores: torch.Tensor, pooling: str, kernel: int) -> torch.Tensor:
-    """1-D pooling of (B, H, T) scores over positions, stride 1, same length."""
+    """1-D pooling of (B, H, T) scores over positions, stride 1, same length, zero padding at the edges
+    (counted in an average, as kvpress does)."""
     if pooling == "none" or kernel <= 1:
         return scores
     batch, heads, length = scores.shape
@@ -219,10 +223,18 @@ def pool_positions(scores: torch.Tensor, pooling: str, kernel: int) -> torch.Ten
     if pooling == "max":
         pooled = F.max_pool1d(flat, kernel, stride=1, padding=padding)
     elif pooling == "avg":
-        pooled = F.avg_pool1d(flat, kernel, stride=1, padding=padding, count_include_pad=False)
+        pooled = F.avg_pool1d(flat, kernel, stride=1, padding=padding)
     else:
         raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
     return pooled[..., :length].reshape(batch, heads, length)
+
+
+def before_window(valid: torch.Tensor | None, length: int, window: int, device: torch.device) -> torch.Tensor:
+    """(B, T) or (1, T) True at the valid keys that precede each row's last ``window`` valid keys."""
+    if valid is None:
+        return (torch.arange(length, device=device) < length - window)[None]
+    rank = valid.long().cumsum(dim=-1)
+    return valid & (rank <= rank[:, -1:] - window)
 
 
 def reduce_heads(scores: torch.Tensor, kv_heads: int, reduction: str) -> torch.Tensor:
@@ -253,8 +265,10 @@ def window_attention(
     kernel: int,
     reduction: str,
 ) -> torch.Tensor:
-    """SnapKV attention (B, H_kv, T) of the last ``window`` queries, pooled, GQA-reduced, normalised."""
+    """SnapKV attention (B, H_kv, T) of the last ``window`` queries over the keys before them, pooled,
+    GQA-reduced and normalised (module docstring); 0 at the window's keys and at padding."""
     queries = window_queries[:, :, -window:]
     summed = attention_column_sums(queries, key, valid, scaling)
-    pooled = pool_positions(summed, pooling, kernel)
-    return normalise(reduce_heads(pooled, key.shape[1], reduction), valid)
+    context = before_window(valid, key.shape[2], window, key.device)[:, None, :]
+    pooled = pool_positions(summed * context, pooling, kernel) * context
+    return normalise(reduce_heads(pooled, key.shape[1], reduction), None)

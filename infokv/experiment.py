@@ -42,7 +42,7 @@ from infokv.config_values import boolean, choice, integer, number, optional_inte
 from infokv.engine import COMPRESS_MODES, Setting, build_settings, generate_sweep
 from infokv.hooks import SUPPORTED_ATTENTION
 from infokv.methods.base import Method
-from infokv.models import check_device, load_tokenizer, load_weights
+from infokv.models import check_device, context_length, load_tokenizer, load_weights
 from infokv.results import RunStore, records_frame, unique_records
 from infokv.tracking import check_mode
 
@@ -273,6 +273,12 @@ def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
         raise ValueError(
             f"shard.index {cfg.shard.index} of shard.count {cfg.shard.count} gets no samples: "
             f"{cfg.benchmark.name} gave {len(samples)}; use a shard.count <= {len(samples)}"
+        )
+    context = context_length(cfg.model.name)
+    if context and cfg.max_new_tokens >= context:
+        raise ValueError(
+            f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the model's context of "
+            f"{context} tokens; use fewer"
         )
     model = load_weights(
         cfg.model.name,

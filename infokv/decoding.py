@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from infokv import methods
 from infokv.cache import KVState
 from infokv.capture import forward_hidden, rotary_function
+from infokv.config_values import boolean
 from infokv.decode_signals import DecodeTracker, LayerEntries
 from infokv.graphed_decode import GraphedDecoder
 from infokv.hooks import layer_output_hooks, prerope_query_hooks
@@ -52,7 +53,7 @@ class DecodeCompression:
             raise ValueError(f"decode ratio {ratio!r} is not allowed; use 0 < ratio <= 1 (e.g. 0.25)")
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"compress_every {every!r} must be an integer >= 1")
-        return cls(resolved, float(ratio), every, compress_prompt)
+        return cls(resolved, float(ratio), every, boolean("compress_prompt", compress_prompt))
 
     def label(self) -> str:
         return f"{self.method.label()}@{self.ratio:g}"

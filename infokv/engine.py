@@ -20,7 +20,7 @@ from infokv import methods
 from infokv.budget import Budget
 from infokv.cache import KVState
 from infokv.capture import Captured, forward_hidden, prefill
-from infokv.config_values import integer
+from infokv.config_values import boolean, integer
 from infokv.decode_signals import DecodeTracker, entries_from_prefill
 from infokv.decoding import DecodeBatch, DecodeCompression, decode
 from infokv.hooks import (
@@ -395,6 +395,7 @@ def generate_sweep(
         raise ValueError(f"prefill_chunk {prefill_chunk} must be >= 1")
     if not isinstance(cuda_graphs, bool):
         raise ValueError(f"cuda_graphs {cuda_graphs!r} must be true or false")
+    boolean("stop_at_eos", stop_at_eos)
     check_model(model)
     if batch_size is not None:
         integer("batch_size", batch_size, 1)

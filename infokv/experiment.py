@@ -2,8 +2,10 @@
 by sample into a resumable run directory (:class:`infokv.results.RunStore`).
 
 The job's configuration is the resolved Hydra config (``conf/config.yaml``); :func:`check_job` checks
-everything that can be checked without a model (method and parameters, phase, budgets, benchmark,
-scenario, shard, W&B mode) and fails with one line. The scenarios:
+everything that can be checked without a model (the type and range of every value, method and
+parameters, phase, budgets, benchmark and its options, scenario, shard, device, output folder, W&B
+mode) and fails with one line. :func:`run_job` then loads and checks the data with the tokenizer alone,
+and only then the weights. The scenarios:
 
 * ``prefill`` — the method compresses the prompt to each budget, then decoding keeps that cache;
   all budgets of the job share one prefill per sample (:func:`infokv.generate_sweep`).

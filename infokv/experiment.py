@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import inspect
 import json
 import os
@@ -125,7 +126,11 @@ def check_values(cfg: DictConfig) -> None:
         boolean("scenario.compress_prompt", cfg.scenario.compress_prompt)
     text("model.name", cfg.model.name)
     choice("model.dtype", cfg.model.dtype, DTYPES)
-    choice("model.attn_implementation", cfg.model.attn_implementation, SUPPORTED_ATTENTION)
+    attention = choice("model.attn_implementation", cfg.model.attn_implementation, SUPPORTED_ATTENTION)
+    if attention == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError(
+            "model.attn_implementation 'flash_attention_2' needs the flash-attn package; use sdpa"
+        )
     check_device(cfg.model.device, "model.device")
     optional_integer("model.threads", cfg.model.threads, 1)
     text("benchmark.source", cfg.benchmark.source)

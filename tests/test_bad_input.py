@@ -12,6 +12,7 @@ on a tiny random model.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -173,6 +174,11 @@ def cli_cases() -> list[Case]:
         Case("scenario_name", ["scenario.name=other"], "scenario.name 'other' is not allowed"),
         Case("dtype", ["model.dtype=int8"], "model.dtype 'int8' is not allowed"),
         Case("attention", ["model.attn_implementation=eager"], "model.attn_implementation 'eager'"),
+        *(  # a row only where flash-attn is not installed
+            [Case("flash_attention_missing", ["model.attn_implementation=flash_attention_2"], "flash-attn")]
+            if importlib.util.find_spec("flash_attn") is None
+            else []
+        ),
         Case("threads", ["model.threads=0"], "model.threads 0 is not allowed"),
         Case("temperature", ["scenario.temperature=-1"], "scenario.temperature -1"),
         Case("top_p", ["scenario.top_p=0"], "scenario.top_p 0 is not allowed; use a number in (0, 1]"),

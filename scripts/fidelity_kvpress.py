@@ -238,18 +238,27 @@ def write_csv(path: Path, rows: list[dict], header: list[str] | None = None) -> 
 
 
 def write_readme(path: Path, rows: list[dict]) -> None:
-    """The figures per method, and the command that wrote them."""
+    """The figures per method, the prompts, where the pyramid engaged, and the command that wrote them."""
+    prompts = {row["prompt"]: row["tokens"] for row in rows}
+    engaged = [f"{row['method']} {row['budget']} {row['prompt']} ({row['kept_per_layer']})"
+               for row in rows if "-" in row["kept_per_layer"]]
     lines = [
         "# Fidelity to kvpress 0.5.5",
         "",
-        "Written by `make fidelity` (`scripts/fidelity_kvpress.py`): our methods with default parameters",
-        "and kvpress's presses with default parameters (`compression_ratio = 1 - budget`) on the same",
-        "token ids, SmolLM2-135M-Instruct, fp32, sdpa, CPU. Token agreement is the share of kept",
-        "(layer, KV head, position) entries both sides keep; identical heads the share of (layer, KV",
-        "head) whose kept sets are equal. The margin is |s - c| / |c| at the disagreeing tokens, with c",
-        "the lowest kept score of that head on that side (`kvpress_disagreements.csv` lists each).",
+        "Written by `make fidelity` (`python scripts/fidelity_kvpress.py --kvpress-python",
+        ".venv-kvpress/bin/python`): our methods and kvpress's presses, each with default parameters",
+        "(`compression_ratio = 1 - budget`; `pyramidkv_window16`: `window=16` / `window_size=16`), on the",
+        "same token ids; SmolLM2-135M-Instruct, fp32, sdpa, CPU, each side in its own environment.",
+        "Prompts (chat template, tokens): "
+        + ", ".join(f"{name} {tokens}" for name, tokens in prompts.items())
+        + f"; budgets {', '.join(f'{budget:.0%}' for budget in BUDGETS)}.",
         "",
-        "| method | prompts x budgets | min token agreement | min identical heads | disagreements "
+        "Token agreement is the share of kept (layer, KV head, position) entries that both sides keep;",
+        "identical heads the share of (layer, KV head) whose kept sets are equal. For a disagreeing",
+        "token the margin is |s - c| / |c|, c being the lowest kept score of that head on that side",
+        "(`kvpress_disagreements.csv` lists each such token; `kvpress.csv` has every setting).",
+        "",
+        "| method | settings | min token agreement | min identical heads | disagreements "
         "| max margin (kvpress) |",
         "|---|---|---|---|---|---|",
     ]
@@ -261,7 +270,13 @@ def write_readme(path: Path, rows: list[dict]) -> None:
             f"| {sum(int(r['disagreements']) for r in mine)} "
             f"| {max(float(r['max_margin_kvpress']) for r in mine):.1e} |"
         )
-    lines += ["", "Per prompt and budget: `kvpress.csv`.", ""]
+    lines += [
+        "",
+        "PyramidKV's pyramid engaged (per-layer budgets, first to last layer) in: "
+        + ("; ".join(engaged) if engaged else "none")
+        + ". Elsewhere kvpress's schedule fell back to uniform budgets, and so did ours.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 

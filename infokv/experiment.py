@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from infokv import benchmarks, methods
-from infokv.config_values import boolean, choice, integer, number, optional_integer, reject, text
+from infokv.config_values import boolean, choice, integer, like, number, optional_integer, text
 from infokv.engine import COMPRESS_MODES, Setting, build_settings, generate_sweep
 from infokv.hooks import SUPPORTED_ATTENTION
 from infokv.methods.base import Method
@@ -80,6 +80,9 @@ def check_job(cfg: DictConfig) -> Job:
     scenario = choice("scenario.name", cfg.scenario.name, SCENARIOS)
     check_values(cfg)
     params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
+    defaults = methods.get(cfg.method.name).params()  # a wrong type fails here, not in a comparison
+    for key in params.keys() & defaults.keys():
+        like(f"method.params.{key}", params[key], defaults[key])
     method = methods.get_for_phase(methods.get(cfg.method.name, **params), scenario)
     raw_budgets = _budgets(OmegaConf.to_container(cfg, resolve=True)["budget"])
     if scenario == "prefill":
@@ -141,8 +144,8 @@ def check_values(cfg: DictConfig) -> None:
 
 def check_options(name: str, benchmark: ModuleType, options: DictConfig | None) -> None:
     """``benchmark.options`` must be keyword options of the benchmark's ``load`` (the tokenizer is ours),
-    each of the type of that option's default (an integer, a number, text or a boolean); the ranges are
-    the loader's to check."""
+    each of the kind of that option's default (:func:`infokv.config_values.like`); the ranges are the
+    loader's to check."""
     parameters = inspect.signature(benchmark.load).parameters
     allowed = [key for key in parameters if key not in ("source", "limit", "tokenizer")]
     given = OmegaConf.to_container(options, resolve=True) if options is not None else {}
@@ -151,15 +154,7 @@ def check_options(name: str, benchmark: ModuleType, options: DictConfig | None) 
         listed = ", ".join(allowed) or "none"
         raise ValueError(f"benchmark.options.{unknown[0]} is not an option of {name}; allowed: {listed}")
     for key, value in given.items():
-        default, option = parameters[key].default, f"benchmark.options.{key}"
-        if isinstance(default, bool):
-            boolean(option, value)
-        elif isinstance(default, int):
-            integer(option, value)
-        elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
-            reject(option, value, "a number")
-        elif isinstance(default, str):
-            text(option, value)
+        like(f"benchmark.options.{key}", value, parameters[key].default)
 
 
 def check_output_dir(value: object) -> Path:

@@ -152,6 +152,10 @@ def cli_cases() -> list[Case]:
         Case("prefill_with_decode_method", ["method=rpc"], "cannot compress a prefill"),
         Case("unknown_parameter", ["+method.params.alpha_typo=1"], "has no parameter alpha_typo"),
         Case("method_parameter_range", ["method.params.window=-1"], "window"),
+        Case(
+            "method_parameter_type", ["method.params.kernel=abc"], "method.params.kernel 'abc' is not allowed"
+        ),
+        Case("method_number_type", ["method=infokv", "method.params.alpha=abc"], "method.params.alpha 'abc'"),
         Case("budget_above_one", ["budget=1.5"], "budget 1.5 is not allowed"),
         Case("budget_text", ["budget=abc"], "budget 'abc' is not allowed"),
         Case("budget_empty", ["budget=[]"], "budget is empty"),

@@ -6,7 +6,10 @@
     infokv-run -m launcher=slurm experiment=paper_prefill
 
 Each job runs (or resumes) one run directory and prints its summary table; a multirun also prints
-the summary of every job of the sweep when it ends (:class:`SweepSummary`).
+the summary of every job of the sweep when it ends (:class:`SweepSummary`). Bad input ends the run
+with one line on stderr and exit status 1 (:func:`main`); ``verbose=true`` or ``HYDRA_FULL_ERROR=1``
+shows the traceback instead. In a multirun the first such job stops the sweep, as any failed job does
+under Hydra.
 """
 
 from __future__ import annotations

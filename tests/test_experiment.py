@@ -79,7 +79,7 @@ def test_slurm_launcher_is_submitit():
 def test_run_directory_ignores_how_much_and_where_but_not_what():
     base = config("method=snapkv")
     same = config("method=snapkv", "benchmark.limit=3", "batch_size=2", "shard.count=2", "wandb=false")
-    other = config("method=snapkv", "method.params.kernel=5")
+    other = config("method=snapkv", f"method.params.kernel={base.method.params.kernel + 2}")
     job = check_job(base)
     assert run_directory(base, job) == run_directory(same, job)
     assert run_directory(base, job) != run_directory(other, check_job(other))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from infokv.cache import ValidPrefix, valid_prefix
+from infokv.kernels.prefix import ValidPrefix, valid_prefix
 
 POOLINGS = ("max", "avg", "none")
 REDUCTIONS = ("mean", "max")
@@ -87,7 +87,8 @@ def blockwise_attention(
     Σ_j softmax_i(q_j·k_i·s) per query head (B, H_q, k). Each block sees only the keys up to its
     last query, and its fp32 probabilities are used for both results, so collecting H2O's
     cumulative attention during prefill costs one softmax pass, not a second attention.
-    Off CUDA, left-padded rows (:func:`infokv.cache.valid_prefix`) are attended without a (q × k) mask
+    Off CUDA, left-padded rows (:func:`infokv.kernels.prefix.valid_prefix`) are attended without a
+    (q × k) mask
     (:func:`_left_padded`) and padding queries get a zero output; on CUDA, finding each row's start would
     read the mask back to the host, stalling a compression that is otherwise queued behind the prefill.
     """

@@ -11,6 +11,8 @@ from infokv.engine.sweep import build_settings, compress_settings, left_pad
 from infokv.engine.sweep import generate as engine_generate
 
 ALL = methods.available("prefill")
+SNAPKV_16 = methods.get("snapkv", window=16)
+"""SnapKV with a window short enough for these short prompts to keep a choice below 64 tokens."""
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
     "Pack my box with five dozen liquor jugs, said the sphinx.",
@@ -45,7 +47,7 @@ def test_batched_equals_one_by_one(model, tokenizer, name):
 
 
 def test_sweep_equals_separate_runs(model, tokenizer):
-    settings = [(name, budget) for name in ALL for budget in (0.5, 48)]
+    settings = [(name, budget) for name in ALL for budget in (0.5, 70)]
     sweep = generate_sweep(model, tokenizer, PROMPTS, settings, max_new_tokens=8)
     assert len(sweep) == len(settings)
     for (name, budget), completions in zip(settings, sweep, strict=True):
@@ -57,7 +59,7 @@ def test_sweep_equals_separate_runs(model, tokenizer):
 @pytest.mark.parametrize("lengths", [(60, 60), (60, 45), (60, 38)])
 @pytest.mark.parametrize(
     "specs",
-    [[("snapkv", 40), ("h2o", 40)], [("full", 1.0), ("snapkv", 40), ("pyramidkv", 0.5), ("h2o", 0.9)]],
+    [[(SNAPKV_16, 40), ("h2o", 40)], [("full", 1.0), (SNAPKV_16, 40), ("pyramidkv", 0.5), ("h2o", 0.9)]],
 )
 def test_compressed_layers_are_unmasked_exactly_when_every_row_keeps_the_width(llama, lengths, specs):
     """The dense flags compress_settings derives from host keep counts match the selections' masks."""
@@ -79,7 +81,7 @@ def test_compressed_layers_are_unmasked_exactly_when_every_row_keeps_the_width(l
 
 
 def test_compression_changes_what_is_kept(llama, tokenizer):
-    completions = generate(llama, tokenizer, PROMPTS[:1], "snapkv", 48, max_new_tokens=4)
+    completions = generate(llama, tokenizer, PROMPTS[:1], SNAPKV_16, 48, max_new_tokens=4)
     prompt_tokens = completions[0].stats["prompt_tokens"]
     assert prompt_tokens > 48
     assert completions[0].stats["kept_tokens"] == [48] * 3
@@ -98,7 +100,7 @@ def test_context_only_matches_prompt_mode_when_nothing_is_evicted(model, tokeniz
     whole = generate(model, tokenizer, joined, "snapkv", 1.0, max_new_tokens=8)
     split = generate(model, tokenizer, pairs, "snapkv", 1.0, max_new_tokens=8, compress="context_only")
     assert [c.token_ids for c in whole] == [c.token_ids for c in split]
-    compressed = generate(model, tokenizer, pairs, "snapkv", 40, max_new_tokens=8, compress="context_only")
+    compressed = generate(model, tokenizer, pairs, SNAPKV_16, 40, max_new_tokens=8, compress="context_only")
     assert all(c.stats["kept_tokens"][0] == 40 for c in compressed)
     assert all(c.stats["prompt_tokens"] == c.stats["context_tokens"] + len(" Answer:") for c in compressed)
 
@@ -146,7 +148,7 @@ def guarded(llama):
         (dict(method="snapkv", budget=1.5), "budget 1.5 is not allowed"),
         (dict(method="snapkv", budget=-4), "budget -4 is not allowed"),
         (dict(method="snapkv", budget="lots"), "budget 'lots' is not allowed"),
-        (dict(method="snapkv", budget=20), "below sink \\+ window = 36"),
+        (dict(method="snapkv", budget=20), "below sink \\+ window = 64"),
         (dict(method="snapkv", budget=0.2, max_new_tokens=0), "max_new_tokens 0"),
         (dict(method="snapkv", budget=0.2, temperature=-1.0), "temperature -1.0"),
         (dict(method="snapkv", budget=0.2, top_p=0.0), "top_p 0.0"),

@@ -8,6 +8,11 @@ window attention normalised to Σ_i A_i = 1:
     S_i^(l,h) = α · A_i^(l,h) + (1 − α) · softmax_i(E^(l))_i
 
 α = 1 reproduces SnapKV's selection exactly; α = 0 keeps the top tokens of softmax(E).
+
+Defaults: A is :class:`~infokv.methods.snapkv.SnapKV`'s score with its defaults, which are kvpress
+0.5.5's ``SnapKVPress`` (window 64, average pool of kernel 5 over the keys before the window, mean over
+the GQA group, no sinks; A = 0 on the window, which is always kept); α = 0.9, τ = 1, top-256 entropy of
+the distribution that produced each token are the paper's, as far as its public digests say.
 """
 
 from __future__ import annotations

@@ -165,6 +165,32 @@ class DecodeBatch:
         return slices
 
 
+@dataclass
+class Progress:
+    """What decoding has produced so far: the tokens and statistics per row, and which rows are done."""
+
+    tokens: list[list[int]]
+    stats: list[RowStats]
+    done: torch.Tensor
+    start: float
+    stops: torch.Tensor
+    stop_at_eos: bool
+
+    def take(self, batch: DecodeBatch, token: torch.Tensor) -> None:
+        """Append each unfinished row's sampled token; a row that sampled a stop token is done from now."""
+        for row, value, idle in zip(batch.active, token.tolist(), self.done.tolist(), strict=True):
+            if not idle:
+                self.tokens[row].append(value)
+        stopped = torch.isin(token, self.stops) & ~self.done
+        finished = stopped if self.stop_at_eos else torch.zeros_like(self.done)
+        for row in torch.nonzero(finished)[:, 0].tolist():
+            self.stats[batch.active[row]].seconds = time.perf_counter() - self.start
+        self.done = self.done | finished
+
+    def finished(self, generated: int, max_new_tokens: int) -> bool:
+        return generated == max_new_tokens or bool(self.done.all())
+
+
 def decode(
     model: PreTrainedModel,
     batch: DecodeBatch,
@@ -179,84 +205,116 @@ def decode(
 ) -> tuple[list[list[int]], list[RowStats]]:
     """Generate up to ``max_new_tokens`` per row (stopping rows at a stop token), compressing as configured.
 
-    ``compressions[g]`` applies to the rows whose group id is g (None: never compressed).
+    ``compressions[g]`` applies to the rows whose group id is g (None: never compressed). On CUDA the
+    steps replay captured graphs (:func:`_graphed_loop`), elsewhere they run eagerly (:func:`_eager_loop`).
     Returns the generated ids per row (stop token included) and per-row statistics.
     """
     rows = len(batch.active)
-    tokens: list[list[int]] = [[] for _ in range(rows)]
-    stats = [RowStats() for _ in range(rows)]
-    stops = torch.tensor(list(stop_ids), device=logits.device, dtype=torch.long)
-    to_logits = LogitHead.of(model)
-    rotary = rotary_function(model)
-    on_attention = tracker.on_attention if tracker.needs_attention else None
-    start_clock = time.perf_counter()
-    _record_entries(batch, stats)
+    progress = Progress(
+        [[] for _ in range(rows)],
+        [RowStats() for _ in range(rows)],
+        torch.zeros(rows, dtype=torch.bool, device=logits.device),
+        time.perf_counter(),
+        torch.tensor(list(stop_ids), device=logits.device, dtype=torch.long),
+        stop_at_eos,
+    )
+    # Entries are tracked (positions, signals, per-step counts) only for decoding compression.
+    tracked = tracking(tracker, compressions)
+    loop = _graphed_loop if cuda_graphs and replayable(model) else _eager_loop
+    _record_entries(batch, progress.stats)
     with contextlib.ExitStack() as hooks:
         if tracker.evolution:
             hooks.enter_context(layer_output_hooks(model, tracker.on_layer_output))
         if tracker.query_statistics:
             hooks.enter_context(prerope_query_hooks(model, tracker.on_queries))
-        done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
-        graphs = cuda_graphs and replayable(model)
-        # Entries are tracked (positions, signals, per-step counts) only for decoding compression.
-        tracked = tracking(tracker, compressions)
-        graphed, held = None, []
-        for generated in range(1, max_new_tokens + 1):
-            token = sampler(logits)
-            for row, value, idle in zip(batch.active, token.tolist(), done.tolist(), strict=True):
-                if not idle:
-                    tokens[row].append(value)
-            finished = torch.isin(token, stops) & ~done if stop_at_eos else torch.zeros_like(done)
-            for row in torch.nonzero(finished)[:, 0].tolist():
-                stats[batch.active[row]].seconds = time.perf_counter() - start_clock
-            done = done | finished
-            if generated == max_new_tokens or bool(done.all()):
-                break
-            if graphs:
-                # Rows never leave the batch here: a finished row idles until every row is done.
-                if graphed is None or graphed.done == graphed.steps:
-                    if graphed is not None:
-                        batch.state = graphed.release()
-                    steps = min(max_new_tokens - generated, _steps_to_compression(compressions, generated))
-                    recorder = tracker if tracked else None
-                    graphed, held = _fixed_shape_decoder(model, batch, recorder, steps, logits)
-                producing = sampler.distribution(logits) if tracked else None
-                logits = graphed(token, producing)
-                batch.positions = batch.positions + 1
-                if tracked:
-                    _record_counts(batch, stats, [count + graphed.done for count in held], done)
-                    if _due(batch, compressions, generated):
-                        batch.state, graphed = graphed.release(), None
-                        _maybe_compress(batch, tracker, compressions, generated, stats, rotary, done)
-                continue
-            if 2 * int(done.sum()) >= len(done):
-                keep = ~done
-                sampler = sampler.subset(keep.nonzero()[:, 0].tolist())
-                token, logits, done = token[keep], logits[keep], done[keep]
-                batch.keep_rows(keep)
-                tracker.layers = batch.layers
-            producing = sampler.distribution(logits) if tracked else None
-            hidden = forward_hidden(
-                model, batch.state, token[:, None], batch.positions[:, None], None, on_attention
-            )
-            logits = to_logits(hidden[:, -1]).float()
-            if tracked:
-                tracker.append(batch.positions, producing, logits)
-            batch.positions = batch.positions + 1
-            if tracked:
-                _record_entries(batch, stats, done)
-                _maybe_compress(batch, tracker, compressions, generated, stats, rotary, done)
-    if graphed is not None:
-        batch.state = graphed.release()
+        loop(model, batch, tracker, compressions, logits, max_new_tokens, sampler, progress, tracked)
     if not tracked:
         for row in range(rows):  # every token but the last was fed, and nothing was evicted
-            stats[row].final_entries += len(tokens[row]) - 1
-            stats[row].peak_entries = stats[row].final_entries
-    elapsed = time.perf_counter() - start_clock
-    for row, idle in zip(batch.active, done.tolist(), strict=True):
+            progress.stats[row].final_entries += len(progress.tokens[row]) - 1
+            progress.stats[row].peak_entries = progress.stats[row].final_entries
+    elapsed = time.perf_counter() - progress.start
+    for row, idle in zip(batch.active, progress.done.tolist(), strict=True):
         if not idle:
-            stats[row].seconds = elapsed
-    return tokens, stats
+            progress.stats[row].seconds = elapsed
+    return progress.tokens, progress.stats
+
+
+def _eager_loop(
+    model: PreTrainedModel,
+    batch: DecodeBatch,
+    tracker: DecodeTracker,
+    compressions: Sequence[DecodeCompression | None],
+    logits: torch.Tensor,
+    max_new_tokens: int,
+    sampler: Sampler,
+    progress: Progress,
+    tracked: bool,
+) -> None:
+    """One forward call per step; once half the rows are done, the finished rows leave the batch."""
+    to_logits = LogitHead.of(model)
+    rotary = rotary_function(model)
+    on_attention = tracker.on_attention if tracker.needs_attention else None
+    for generated in range(1, max_new_tokens + 1):
+        token = sampler(logits)
+        progress.take(batch, token)
+        if progress.finished(generated, max_new_tokens):
+            return
+        if 2 * int(progress.done.sum()) >= len(progress.done):
+            keep = ~progress.done
+            sampler = sampler.subset(keep.nonzero()[:, 0].tolist())
+            token, logits, progress.done = token[keep], logits[keep], progress.done[keep]
+            batch.keep_rows(keep)
+            tracker.layers = batch.layers
+        producing = sampler.distribution(logits) if tracked else None
+        positions = batch.positions[:, None]
+        hidden = forward_hidden(model, batch.state, token[:, None], positions, None, on_attention)
+        logits = to_logits(hidden[:, -1]).float()
+        if tracked:
+            tracker.append(batch.positions, producing, logits)
+        batch.positions = batch.positions + 1
+        if tracked:
+            _record_entries(batch, progress.stats, progress.done)
+            _maybe_compress(batch, tracker, compressions, generated, progress.stats, rotary, progress.done)
+
+
+def _graphed_loop(
+    model: PreTrainedModel,
+    batch: DecodeBatch,
+    tracker: DecodeTracker,
+    compressions: Sequence[DecodeCompression | None],
+    logits: torch.Tensor,
+    max_new_tokens: int,
+    sampler: Sampler,
+    progress: Progress,
+    tracked: bool,
+) -> None:
+    """Steps replayed from a captured CUDA graph over a fixed-shape cache, recaptured after each
+    compression or every :data:`GRAPH_STEPS` steps. Rows never leave the batch: a finished row idles until
+    every row is done."""
+    rotary = rotary_function(model)
+    graphed, held = None, []
+    for generated in range(1, max_new_tokens + 1):
+        token = sampler(logits)
+        progress.take(batch, token)
+        if progress.finished(generated, max_new_tokens):
+            break
+        if graphed is None or graphed.done == graphed.steps:
+            if graphed is not None:
+                batch.state = graphed.release()
+            steps = min(max_new_tokens - generated, _steps_to_compression(compressions, generated))
+            graphed, held = _fixed_shape_decoder(model, batch, tracker if tracked else None, steps, logits)
+        producing = sampler.distribution(logits) if tracked else None
+        logits = graphed(token, producing)
+        batch.positions = batch.positions + 1
+        if tracked:
+            _record_counts(batch, progress.stats, [count + graphed.done for count in held], progress.done)
+            if _due(batch, compressions, generated):
+                batch.state, graphed = graphed.release(), None
+                _maybe_compress(
+                    batch, tracker, compressions, generated, progress.stats, rotary, progress.done
+                )
+    if graphed is not None:
+        batch.state = graphed.release()
 
 
 GRAPH_STEPS = 256

@@ -441,6 +441,9 @@ def _run_batch(
     stop_at_eos: bool,
     cuda_graphs: bool,
 ) -> list[list[Completion]]:
+    """One batch through every setting: prefill once, compress per setting, decode all rows together.
+
+    Settings run widest first (:func:`widest_first`) and their completions come back in the given order."""
     device = model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prefill_needs, decode_needs = _requirements(settings)
@@ -452,6 +455,8 @@ def _run_batch(
     order = widest_first(kept)
     settings = [settings[index] for index in order]
     compressions = [setting.decode for setting in settings]
+    copies = len(settings)
+    rows = torch.arange(len(batch), device=device).repeat(copies)
     # Rows compressed while decoding need caches of their own; question tokens need more than one query.
     share = (
         all(compression is None for compression in compressions)
@@ -459,32 +464,17 @@ def _run_batch(
         and shares_prompt(kept, captured.host_lengths, state.num_layers)
     )
     clock = time.perf_counter()
-    with torch.inference_mode():
-        rows_state, selections = compress_settings(state, captured, settings, share)
-        copies = len(settings)
-        rows = torch.arange(len(batch), device=device).repeat(copies)
-        layers = []
-        if any(compression is not None for compression in compressions):  # entries are tracked
-            indices = combine_groups(selections)[0]
-            query_heads = model.config.get_text_config(decoder=True).num_attention_heads
-            layers = entries_from_prefill(captured, rows, indices, decode_needs, query_heads)
+    rows_state, selections, layers = _compress_copies(
+        model, state, captured, settings, share, rows, decode_needs
+    )
     del state
     compress_seconds = time.perf_counter() - clock
-    positions = captured.lengths.repeat(copies)
-    prompt_lengths = positions.clone()
     tracker = DecodeTracker(decode_needs, layers, captured.scaling)
     clock = time.perf_counter()
     with torch.inference_mode():
-        if any(item.question for item in batch):
-            question_ids, question_valid = left_pad([item.question for item in batch], pad_id, device)
-            question_ids, question_valid = question_ids.repeat(copies, 1), question_valid.repeat(copies, 1)
-            question_positions = (positions[:, None] + question_valid.long().cumsum(dim=-1) - 1).clamp_min(0)
-            logits = forward_tokens(model, rows_state, question_ids, question_positions, question_valid)
-            tracker.append_untracked(question_positions)
-            positions = positions + question_valid.sum(dim=-1)
-            prompt_lengths = positions.clone()
-        else:
-            logits = last_logits.repeat(copies, 1)
+        logits, positions, prompt_lengths = _read_questions(
+            model, rows_state, tracker, batch, captured.lengths.repeat(copies), last_logits, copies, pad_id
+        )
         sampler = Sampler(temperature, top_p, list(seeds) * copies, device)
         stop_ids = stop_token_ids(model, tokenizer)
         groups = torch.arange(copies, device=device).repeat_interleave(len(batch))
@@ -511,30 +501,95 @@ def _run_batch(
         "compress_seconds": compress_seconds,
         "decode_seconds": decode_seconds,
     }
-    results = []
-    for index, setting in enumerate(settings):
-        completions = []
-        for row, item in enumerate(batch):
-            flat = index * len(batch) + row
-            generated = tokens[flat]
-            ids = _trim(generated, stop_ids)
-            kept = [int(selection.valid[row].sum()) for selection in selections[index]]
-            stats = {
-                "prompt_tokens": len(item.context) + len(item.question),
-                "context_tokens": len(item.context),
-                "kept_tokens": kept,
-                "new_tokens": len(ids),
-                "generated_tokens": len(generated),
-                "seconds_per_token": row_stats[flat].seconds / max(1, len(generated)),
-                "setting": setting.label(),
-                "seed": seeds[row],
-                **row_stats[flat].as_dict(),
-                **shared,
-            }
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            completions.append(Completion(text, ids, setting.method.name, setting.budget.label(), stats))
-        results.append(completions)
+    results = [
+        _completions(
+            tokenizer, batch, setting, selections[index], tokens, row_stats, index, seeds, stop_ids, shared
+        )
+        for index, setting in enumerate(settings)
+    ]
     return [results[order.index(index)] for index in range(len(order))]
+
+
+def _compress_copies(
+    model: PreTrainedModel,
+    state: KVState,
+    captured: Captured,
+    settings: Sequence[Setting],
+    share: bool,
+    rows: torch.Tensor,
+    decode_needs: set,
+) -> tuple[KVState, list[list[Selection]], list]:
+    """One cache row per (setting, prompt), and the per-entry signals of rows compressed while decoding."""
+    with torch.inference_mode():
+        rows_state, selections = compress_settings(state, captured, settings, share)
+        layers = []
+        if any(setting.decode is not None for setting in settings):  # entries are tracked
+            indices = combine_groups(selections)[0]
+            query_heads = model.config.get_text_config(decoder=True).num_attention_heads
+            layers = entries_from_prefill(captured, rows, indices, decode_needs, query_heads)
+    return rows_state, selections, layers
+
+
+def _read_questions(
+    model: PreTrainedModel,
+    rows_state: KVState,
+    tracker: DecodeTracker,
+    batch: Sequence[Tokenized],
+    positions: torch.Tensor,
+    last_logits: torch.Tensor,
+    copies: int,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first decoding logits, next positions and prompt lengths of every row.
+
+    Without questions these are the prefill's last logits; with them (``compress="context_only"``) the
+    question tokens are fed after compression and their entries kept uncompressed (untracked)."""
+    if not any(item.question for item in batch):
+        return last_logits.repeat(copies, 1), positions, positions.clone()
+    device = positions.device
+    question_ids, question_valid = left_pad([item.question for item in batch], pad_id, device)
+    question_ids, question_valid = question_ids.repeat(copies, 1), question_valid.repeat(copies, 1)
+    question_positions = (positions[:, None] + question_valid.long().cumsum(dim=-1) - 1).clamp_min(0)
+    logits = forward_tokens(model, rows_state, question_ids, question_positions, question_valid)
+    tracker.append_untracked(question_positions)
+    positions = positions + question_valid.sum(dim=-1)
+    return logits, positions, positions.clone()
+
+
+def _completions(
+    tokenizer: PreTrainedTokenizerBase,
+    batch: Sequence[Tokenized],
+    setting: Setting,
+    selections: Sequence[Selection],
+    tokens: Sequence[list[int]],
+    row_stats: Sequence,
+    index: int,
+    seeds: Sequence[int],
+    stop_ids: Sequence[int],
+    shared: dict,
+) -> list[Completion]:
+    """The completions of setting number ``index``: its rows ``index · B`` … ``index · B + B − 1``."""
+    completions = []
+    for row, item in enumerate(batch):
+        flat = index * len(batch) + row
+        generated = tokens[flat]
+        ids = _trim(generated, stop_ids)
+        kept = [int(selection.valid[row].sum()) for selection in selections]
+        stats = {
+            "prompt_tokens": len(item.context) + len(item.question),
+            "context_tokens": len(item.context),
+            "kept_tokens": kept,
+            "new_tokens": len(ids),
+            "generated_tokens": len(generated),
+            "seconds_per_token": row_stats[flat].seconds / max(1, len(generated)),
+            "setting": setting.label(),
+            "seed": seeds[row],
+            **row_stats[flat].as_dict(),
+            **shared,
+        }
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        completions.append(Completion(text, ids, setting.method.name, setting.budget.label(), stats))
+    return completions
 
 
 def widest_first(kept: Sequence[int]) -> list[int]:

@@ -201,46 +201,88 @@ def infokv_attention(
         prompt = shared.attend(layer, query, scaling)
         output = decode_attention.shared_and_recent_attention(query, prompt, key, value, valid, scaling)
         return output.transpose(1, 2).contiguous(), None
-    repeats = query.shape[1] // key.shape[1]
     trivial_mask = valid is None and (queries == 1 or queries == keys)
     if trivial_mask and context.backend == "flash_attention_2":
         return _flash_attention(module, query, key, value, scaling, context.backend, **kwargs), None
-    prefix = context.state.valid_prefix(layer) if queries == 1 else None
-    if prefix is not None:  # a fixed-shape (CUDA-graph) decoding step
-        output = decode_attention.prefix_and_recent_attention(query, key, value, valid, prefix, scaling)
-    elif queries == 1 and not (trivial_mask and query.is_cuda):
-        output = _single_query_attention(query, key, value, valid, scaling)
-    elif valid is None and queries > 1 and causal_attention.available(query):  # prefill chunks on CUDA
-        output = causal_attention.lower_right_causal_attention(query, key, value, scaling)[0]
-    elif trivial_mask and query.is_cuda:
-        output = F.scaled_dot_product_attention(
-            query, key, value, is_causal=queries > 1, scale=scaling, enable_gqa=repeats > 1
-        )
-    elif trivial_mask:
-        output = F.scaled_dot_product_attention(
-            query,
-            _repeat_heads(key, repeats),
-            _repeat_heads(value, repeats),
-            is_causal=queries > 1,
-            scale=scaling,
-        )
-    elif valid is None and query.is_cuda:
-        output = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=causal_lower_right(queries, keys),
-            scale=scaling,
-            enable_gqa=repeats > 1,
-        )
-    elif queries > 1 and not query.is_cuda and (groups := valid_prefix(valid, len(query), keys)) is not None:
-        output = _left_padded_attention(query, key, value, groups, scaling)
+    if queries == 1:
+        output = _step_attention(query, key, value, valid, context.state.valid_prefix(layer), scaling)
+    elif query.is_cuda:
+        output = _chunk_attention_cuda(query, key, value, valid, scaling)
     else:
-        mask = attention_mask_for(valid, queries, keys, query.device)
-        output = F.scaled_dot_product_attention(
-            query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
-        )
+        output = _chunk_attention_cpu(query, key, value, valid, scaling)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _step_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor | None,
+    prefix: ValidPrefix | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """One decoding query per row: a fixed-shape (CUDA-graph) step attends its valid prefix without a
+    mask; an unmasked CUDA step uses sdpa's GQA kernel; any other step groups query heads per KV head."""
+    if prefix is not None:
+        return decode_attention.prefix_and_recent_attention(query, key, value, valid, prefix, scaling)
+    if valid is None and query.is_cuda:
+        repeats = query.shape[1] // key.shape[1]
+        return F.scaled_dot_product_attention(query, key, value, scale=scaling, enable_gqa=repeats > 1)
+    return _single_query_attention(query, key, value, valid, scaling)
+
+
+def _chunk_attention_cuda(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Causal attention of a chunk of queries on CUDA: the fused causal kernel for unmasked half-precision
+    chunks, sdpa's GQA kernel with a lower-right causal mask for other unmasked ones, else a full mask."""
+    queries, keys = query.shape[2], key.shape[2]
+    repeats = query.shape[1] // key.shape[1]
+    if valid is None and causal_attention.available(query):
+        return causal_attention.lower_right_causal_attention(query, key, value, scaling)[0]
+    if valid is None:
+        causal = {"is_causal": True} if queries == keys else {"attn_mask": causal_lower_right(queries, keys)}
+        return F.scaled_dot_product_attention(
+            query, key, value, scale=scaling, enable_gqa=repeats > 1, **causal
+        )
+    return _masked_attention(query, key, value, valid, scaling)
+
+
+def _chunk_attention_cpu(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Causal attention of a chunk of queries on CPU: unmasked when queries and keys coincide, each group
+    of left-padded rows over its valid keys where the valid entries allow it, else a full mask."""
+    queries, keys = query.shape[2], key.shape[2]
+    repeats = query.shape[1] // key.shape[1]
+    if valid is None and queries == keys:
+        return F.scaled_dot_product_attention(
+            query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), is_causal=True, scale=scaling
+        )
+    groups = valid_prefix(valid, len(query), keys)
+    if groups is not None:
+        return _left_padded_attention(query, key, value, groups, scaling)
+    return _masked_attention(query, key, value, valid, scaling)
+
+
+def _masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float | None
+) -> torch.Tensor:
+    """Attention under the full (q × k) mask of :func:`attention_mask_for`."""
+    queries, keys = query.shape[2], key.shape[2]
+    repeats = query.shape[1] // key.shape[1]
+    mask = attention_mask_for(valid, queries, keys, query.device)
+    return F.scaled_dot_product_attention(
+        query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
+    )
 
 
 def _left_padded_attention(

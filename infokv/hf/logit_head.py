@@ -4,7 +4,6 @@ Entropy needs the logits of every prompt position, the largest product of a pref
 (T · d · V multiply-adds). When the head is a linear layer in a dtype slower than bfloat16 on its device,
 the entropy is computed in two stages (:func:`infokv.signals.entropy.two_stage_entropy`): bfloat16 logits
 choose the candidates, exact logits of the candidates give the value, to within near-ties at rank k.
-On this 2-core CPU (AVX512-BF16) a 2K-token SmolLM2 prompt's entropy took 0.53 s that way, 0.82 s in fp32.
 """
 
 from __future__ import annotations

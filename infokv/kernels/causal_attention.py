@@ -1,9 +1,8 @@
 """Causal attention of a prefill chunk on CUDA: the last q of k keys, with each query's log-normaliser.
 
 Query j of the chunk sits at key index p + j, p = k − q (lower-right causal). On Hopper, cuDNN's
-attention kernel is markedly faster than PyTorch's flash-attention 2 kernel (the full-cache prefill
-of 32K tokens took 1.78 s with flash-attention 2 in an earlier committed benchmark run, 1.46 s with
-cuDNN in ``results/bench/gpu.csv``), but its causal mask is aligned to the upper left when q < k. So
+attention kernel is faster than PyTorch's flash-attention 2 kernel (``results/bench/README.md``), but
+its causal mask is aligned to the upper left when q < k. So
 the chunk is attended in two exact parts, the p earlier keys (no mask) and its own q keys (square
 causal), and merged by their log-normalisers:
 

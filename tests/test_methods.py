@@ -93,7 +93,8 @@ def kvpress_pyramid(length: int, ratio: float, window: int, layers: int, beta: f
 
 
 @pytest.mark.parametrize("length, ratio, window", [(1195, 0.4, 16), (1898, 0.2, 16), (1500, 0.2, 16),
-                                                   (1500, 0.4, 64), (7000, 0.4, 64), (333, 0.9, 8)])
+                                                   (1500, 0.4, 64), (7000, 0.4, 64), (333, 0.9, 8),
+                                                   (229, 0.5, 64)])
 def test_pyramid_schedule_is_kvpress_with_its_fallback(length, ratio, window):
     budget = Budget.parse(ratio)
     lengths = torch.tensor([length])

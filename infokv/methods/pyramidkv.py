@@ -5,7 +5,7 @@ kernel 5, no sinks); budgets by ``layer_budget`` (:mod:`infokv.methods.budget`):
 
 * ``pyramid`` (default, kvpress 0.5.5's ``PyramidKVPress``): the window counts inside each layer's
   budget, β = 20 (its ``beta``), and the schedule falls back to uniform SnapKV (round(T·b) per layer)
-  unless its conditions hold (:mod:`infokv.budget`): below 50% roughly T·b ≥ β·window, so with the
+  unless its conditions hold (:mod:`infokv.methods.budget`): below 50% roughly T·b ≥ β·window, so with the
   default window of 64 a prompt keeps uniform budgets below 1280 kept tokens; from 50% on, the first
   layer's budget is capped at T − window, which leaves the last one at the window and engages it.
 * ``pyramid_original``: the PyramidKV authors' schedule (KVCache-Factory), the window added on top of

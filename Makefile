@@ -23,13 +23,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 model: venv
-	$(BIN)/python -m infokv.models smollm2-135m
+	$(BIN)/python -m infokv.hf.models smollm2-135m
 
 test: venv model
 	$(BIN)/pytest -q
 
 demo: venv model
-	$(BIN)/python -m infokv.demo
+	$(BIN)/python -m infokv.eval.demo
 
 lint: venv
 	$(BIN)/ruff check

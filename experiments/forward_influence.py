@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from infokv import load_model
 from infokv.analysis import summary
-from infokv.analysis.documents import load_documents
 from infokv.analysis.forward_influence import Criterion, InfluenceConfig, analyse_document
 from infokv.analysis.word_classes import class_ids, token_classes
-from infokv.tracking import Tracker
+from infokv.eval.benchmarks.documents import load_documents
+from infokv.eval.tracking import Tracker
 
 log = logging.getLogger("forward_influence")
 
@@ -46,7 +46,7 @@ def influence_config(cfg: DictConfig, document_index: int) -> InfluenceConfig:
     return InfluenceConfig(**settings, criteria=criteria)
 
 
-@hydra.main(config_path="../conf", config_name="forward_influence", version_base="1.3")
+@hydra.main(config_path="../infokv/conf", config_name="forward_influence", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

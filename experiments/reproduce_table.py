@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from infokv.plots import accuracy_vs_budget
-from infokv.results import load_frame, run_directories
-from infokv.tables import accuracy, write_tables
-from infokv.tracking import Tracker
+from infokv.eval.plots import accuracy_vs_budget
+from infokv.eval.store import load_frame, run_directories
+from infokv.eval.tables import accuracy, write_tables
+from infokv.eval.tracking import Tracker
 
 SIZES = ("paper", "small")
 

@@ -1,15 +1,25 @@
-"""infokv: information-aware KV-cache compression for long reasoning, with its baselines."""
+"""infokv: information-aware KV-cache compression for long reasoning, with its baselines.
 
-from importlib.metadata import PackageNotFoundError, version
+The public API: :func:`load_model`, :func:`generate`, :func:`generate_sweep`, :func:`compress`, the
+:class:`Budget` and :class:`Completion` they take and return, and :mod:`infokv.methods`. The layers
+beneath, top to bottom: :mod:`infokv.analysis` and :mod:`infokv.eval` (benchmarks, runner, results),
+:mod:`infokv.engine`, :mod:`infokv.hf` (transformers), :mod:`infokv.methods`, :mod:`infokv.signals`,
+:mod:`infokv.kernels`; each imports only those below it (``tests/test_layers.py``).
+"""
 
 from infokv import methods
-from infokv.budget import Budget
-from infokv.engine import Completion, compress, generate, generate_sweep
-from infokv.models import load_model
+from infokv._version import __version__
+from infokv.engine.sweep import Completion, compress, generate, generate_sweep
+from infokv.hf.models import load_model
+from infokv.methods.budget import Budget
 
-try:
-    __version__ = version("infokv")
-except PackageNotFoundError:  # a source tree on sys.path, not installed
-    __version__ = "0+unknown"
-
-__all__ = ["Budget", "Completion", "compress", "generate", "generate_sweep", "load_model", "methods"]
+__all__ = [
+    "Budget",
+    "Completion",
+    "__version__",
+    "compress",
+    "generate",
+    "generate_sweep",
+    "load_model",
+    "methods",
+]

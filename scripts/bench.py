@@ -8,7 +8,7 @@ Parts (``--parts``; all by default):
 
 * ``ceilings``: bf16 8192³ matrix-product rate and device-to-device copy bandwidth (read + write
   bytes), measured in the same run; every floor below comes from them.
-* ``prefill``: for each method, one chunked capture prefill (``infokv.capture.prefill``, the
+* ``prefill``: for each method, one chunked capture prefill (``infokv.engine.capture.prefill``, the
   signals the method needs) and one compression per budget (``engine.compress_settings``), timed
   with CUDA events: median of ``--repeats`` after a warm-up. Nothing waits for the device between
   the two, as in ``generate``, so the compression's time is what it adds after the prefill's last
@@ -17,7 +17,8 @@ Parts (``--parts``; all by default):
   for entropy]) / matrix rate), ratio to the full-cache prefill, peak GPU memory (floor: weights
   + full cache), signal memory (peak of the method's prefill − peak of the full prefill), KV bytes
   after compression (floor: kept tokens × bytes per token).
-* ``decode``: greedy steps through the engine's decoding step (:class:`infokv.graphed_decode.GraphedDecoder`,
+* ``decode``: greedy steps through the engine's decoding step
+  (:class:`infokv.engine.graphed_decode.GraphedDecoder`,
   the captured CUDA graph that ``decoding.decode`` replays) on each
   compressed cache, batch 1 and 16 (batch 16 = the compressed row repeated, skipped where it does
   not fit): tokens/s (floor: batch / ((weights + KV bytes read) / copy bandwidth)).
@@ -26,7 +27,7 @@ Parts (``--parts``; all by default):
 * ``scenario``: the decoding scenario — ``generate`` with decoding compression (``--scenario-methods``;
   rpc and infokv at ratio 0.25, every ``--compress-every`` tokens) vs the full cache over
   ``--scenario-tokens`` new tokens (16K) after a ``--scenario-prompt``-token prompt, batch 1. Every
-  run replays captured CUDA graphs between compressions (:mod:`infokv.graphed_decode`).
+  run replays captured CUDA graphs between compressions (:mod:`infokv.engine.graphed_decode`).
 * ``kvpress``: kvpress 0.5.5's SnapKV, StreamingLLM, PyramidKV and ExpectedAttention presses in a
   separate process with their own transformers (``scripts/bench_kvpress.py``; wheels from
   ``make bench-wheels``, installed with pip into ``--kvpress-site``).
@@ -34,58 +35,8 @@ Parts (``--parts``; all by default):
 Writes ``--csv`` (long form: method, budget, prompt_tokens, batch, metric, value, unit, floor) and
 the figure ``--figure``; ``--plot-only CSV...`` redraws the figure from CSVs of several runs.
 
-Results committed (H200, torch 2.11, transformers 5.17, sdpa; results/bench/gpu.csv and
-results/figures/bench_gpu.png). The device time of one session does not fit every part in one call,
-so the CSV joins calls of this script. On one session's code (8b2387f to f453987, which changed only
-the benchmark scripts): everything at 32K (``--parts ceilings prefill decode kvpress sweep
---lengths 32768 --kvpress-lengths 32768``); streamingllm, pyramidkv and expected_attention at 8K and
-64K (``--parts prefill decode --lengths 8192 65536 --methods full streamingllm pyramidkv
-expected_attention --repeats 2``); everything at 128K (``--parts prefill decode --lengths 131072
---repeats 2`` and ``--parts kvpress --lengths 131072 --kvpress-lengths 131072 --repeats 2``). From
-earlier sessions: full, snapkv, infokv and h2o at 8K and 64K with kvpress (``--parts ceilings prefill
-decode kvpress --lengths 8192 65536 --kvpress-lengths 8192 65536 --methods full snapkv infokv h2o
---repeats 2``), whose full-cache prefill and decode the later 8K/64K call reproduced within 2.5%, and
-the decoding scenario (``--parts scenario --scenario-methods full infokv rpc``), made once compression
-while decoding replayed graphs. Ratios are to the full cache of their own call; floors use the
-ceilings their own call measured. The 32K call repeated an earlier session's within 4% (sweep 1.37×
-then, 1.42× now; every other ratio within 0.02). After the baselines took kvpress's defaults (SnapKV
-window 64 and average pooling, ExpectedAttention's sinks left out; issue 18), the 32K rows of full,
-snapkv, pyramidkv, expected_attention and infokv, and the ceilings, were replaced by one call
-(``--parts ceilings prefill decode --lengths 32768 --methods full snapkv pyramidkv expected_attention
-infokv --repeats 2``); the other rows are from before that change. Ceiling rows come from that call:
-matmul 751 TFLOP/s, copy 4.21 TB/s. At 32K tokens, 20% budget:
-
-* full-cache prefill (chunks of 4096) 1.47 s; floor 0.99 s; kvpress's unchunked prefill 1.38 s.
-  Full chunks run on cuDNN's attention kernel (:mod:`infokv.causal_attention`); with
-  flash-attention 2 it was 1.78 s (earlier committed run).
-* prefill + compression / full, nothing waiting for the device in between: streamingllm 1.01, snapkv 1.03
-  (target ≤ 1.05: met), pyramidkv 1.02, expected_attention 1.11, infokv 1.10 (target ≤ 1.10: at the limit;
-  1.09 in a second call with ``--repeats 5``), h2o 1.23 (target ≤ 1.6: met, with the fused flash + Triton
-  column sums of :mod:`infokv.signals.fused_attention`). At 64K (before issue 18): snapkv 1.01, infokv 1.06,
-  h2o 1.32, streamingllm 1.01, pyramidkv 1.01, expected_attention 1.07; at 8K, where a prefill takes 0.26 s
-  and the host-side compression step weighs more: 1.13, 1.23, 1.16, 1.07, 1.19 and 1.29; at 128K (full 11.7
-  s): 1.01, 1.04, 1.43, 1.00, 1.01 and 1.05; kvpress's unchunked prefill 11.9 s.
-* our snapkv, unchunked like kvpress (``unchunked_prefill_compress_seconds``), 1.42 s vs kvpress
-  snapkv 1.43 s: 0.99× (target ≤ 1.0: met; 0.98× at 64K, 1.06× at 8K, 1.00× at 128K).
-* infokv's signals add 0.24× the full KV bytes to the prefill's peak (target ≤ 0.25: met): the
-  1 GiB evolution buffer of 4096-token chunks (:data:`infokv.capture.EVOLUTION_BUFFER_BYTES`);
-  0.12× at 64K, 0.06× at 128K and 0.94× at 8K, where the whole cache is 1 GiB. KV bytes after
-  compression 0.20× (target ≤ 0.25: met).
-* decode, replaying a captured CUDA graph per step (:mod:`infokv.graphed_decode`): full 97
-  tokens/s at batch 1 and 634 at batch 16 (floor 811); 20% caches 106 and 1203 tokens/s: 1.90×
-  full at batch 16 (target ≥ 1.5: met). At 128K: full 73 tokens/s at batch 1 (batch 16 does not
-  fit), 20% caches 99 and 706.
-* sweep of 7 methods × 2 budgets, 64 new tokens: 3.30 s vs 2.33 s for one full prefill + decode,
-  1.42× (target ≤ 1.5: met). The rows attend masks over the one prompt cache
-  (:mod:`infokv.shared_prefix`); a run before that, whose rows each had a gathered copy of their
-  entries, measured 1.57×. Phases as the engine's host clock sees them (the device's queue makes the
-  split approximate): prefill 1.82 s, compression 0.25 s, decode 1.11 s (full: 1.34, 0.15 and 0.76 s).
-* decoding scenario (1024-token prompt, 16384 new tokens, compress_every 1024, ratio 0.25, batch 1):
-  full cache 169.8 s (96.5 tokens/s; peak 17407 entries); rpc 171.8 s, +1.2%, and infokv 180.3 s,
-  +6.2%, each with 15 compressions and a peak under 5920 entries. Their steps record every entry's
-  signals inside the captured graph (:meth:`infokv.decode_signals.DecodeTracker.fix_shapes`);
-  infokv's extra time is its two top-256 entropies over the 128K vocabulary and its per-layer
-  evolution records at every step.
+What the committed ``results/bench/gpu.csv`` holds, which calls made it and what it shows:
+``results/bench/README.md``.
 
     python scripts/bench.py                        # everything, about 15 min on an H200
     python scripts/bench.py --parts ceilings prefill decode --lengths 8192 32768
@@ -110,9 +61,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from infokv import generate, generate_sweep, methods
-from infokv.capture import prefill
-from infokv.engine import Setting, compress_settings
-from infokv.graphed_decode import GraphedDecoder
+from infokv.engine.capture import prefill
+from infokv.engine.graphed_decode import GraphedDecoder
+from infokv.engine.sweep import Setting, compress_settings
 
 PARTS = ("ceilings", "prefill", "decode", "sweep", "scenario", "kvpress")
 KVPRESS_METHODS = ("snapkv", "streamingllm", "pyramidkv", "expected_attention")

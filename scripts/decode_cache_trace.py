@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from infokv import generate, load_model, methods  # noqa: E402
-from infokv.results import append_records, read_records  # noqa: E402
+from infokv.eval.store import append_records, read_records  # noqa: E402
 
 QUESTION = (
     "A farmer has 17 sheep, buys 3 times as many goats as sheep, then sells 12 goats. Each goat eats "

@@ -43,9 +43,9 @@ SETTINGS: dict[str, tuple[str, dict, str, dict]] = {
 
 def build_prompts(out: Path) -> None:
     """Token ids of one prompt per generator, written to ``out`` as JSON."""
-    from infokv.benchmarks import longreason, passkey, ruler_niah
-    from infokv.engine import tokenize
-    from infokv.models import load_tokenizer
+    from infokv.engine.sweep import tokenize
+    from infokv.eval.benchmarks import longreason, passkey, ruler_niah
+    from infokv.hf.models import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m")
     samples = {
@@ -172,12 +172,12 @@ def compare_setting(name: str, budget: float, prompt: str, ours: list[dict], the
 def compare(prompts: Path, kvpress_results: Path, out: Path) -> None:
     """Our kept positions and scores on the same ids (one prefill per prompt), compared with kvpress's."""
     from infokv import methods
-    from infokv.budget import Budget
-    from infokv.capture import prefill
-    from infokv.engine import Setting, compress_settings
-    from infokv.models import load_model
-    from infokv.scoring import LayerView
-    from infokv.selection import forced_mask
+    from infokv.engine.capture import prefill
+    from infokv.engine.sweep import Setting, compress_settings
+    from infokv.engine.views import PrefillView
+    from infokv.hf.models import load_model
+    from infokv.methods.budget import Budget
+    from infokv.methods.selection import forced_mask
 
     theirs = torch.load(kvpress_results)
     model, _ = load_model("smollm2-135m", dtype=torch.float32, device="cpu", attn_implementation="sdpa")
@@ -201,7 +201,7 @@ def compare(prompts: Path, kvpress_results: Path, out: Path) -> None:
                 ours = [
                     {
                         "kept": selection.indices[0][:, selection.valid[0]],  # without the sweep's filler
-                        "scores": method.score(LayerView(state, captured, layer, memo={}))[0].float(),
+                        "scores": method.score(PrefillView(state, captured, layer, memo={}))[0].float(),
                         "forced": forced,
                     }
                     for layer, selection in enumerate(chosen)

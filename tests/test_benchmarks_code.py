@@ -15,12 +15,12 @@ import pytest
 from fake_hub import fake_hub
 from transformers import AutoTokenizer
 
-from infokv import benchmarks
-from infokv.benchmarks import humaneval, livecodebench
-from infokv.benchmarks.base import DataError
-from infokv.benchmarks.code_answers import extract_code
-from infokv.benchmarks.passk import mean_pass_at_k, pass_at_k
-from infokv.models import ensure_embedded
+from infokv.eval import benchmarks
+from infokv.eval.benchmarks import humaneval, livecodebench
+from infokv.eval.benchmarks.base import DataError
+from infokv.eval.benchmarks.code_answers import extract_code
+from infokv.eval.benchmarks.passk import mean_pass_at_k, pass_at_k
+from infokv.hf.models import ensure_embedded
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import nltk
 import pytest
 from fake_hub import fake_hub
 
-from infokv.benchmarks import base, ifeval
+from infokv.eval.benchmarks import base, ifeval
 
 # One sentence per language that the data asks for; langdetect (seeded) recognises each.
 LANGUAGE_TEXT = {
@@ -301,7 +301,7 @@ def test_importing_the_checkers_never_downloads():
         "import nltk\n"
         "def refuse(*a, **k): raise SystemExit('nltk download attempted')\n"
         "nltk.download = refuse\n"
-        "import infokv.benchmarks.ifeval\n"
+        "import infokv.eval.benchmarks.ifeval\n"
         "assert nltk.download is refuse\n"
     )
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -396,7 +396,7 @@ def test_hub_rows_map_to_samples(monkeypatch):
 def test_prompt_is_the_chat_turn_and_ignores_cot(samples):
     from transformers import AutoTokenizer
 
-    from infokv.models import ensure_embedded
+    from infokv.hf.models import ensure_embedded
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_embedded("smollm2-135m"))
     rendered = ifeval.prompt(samples[0], cot=False, tokenizer=tokenizer)

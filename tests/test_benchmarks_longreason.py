@@ -8,10 +8,10 @@ import pytest
 from fake_hub import fake_hub
 from transformers import AutoTokenizer
 
-from infokv.benchmarks import gsm8k, longreason
-from infokv.benchmarks.base import DataError
-from infokv.benchmarks.haystack import count_tokens, split_sentences
-from infokv.models import ensure_embedded
+from infokv.eval.benchmarks import gsm8k, longreason
+from infokv.eval.benchmarks.base import DataError
+from infokv.eval.benchmarks.haystack import count_tokens, split_sentences
+from infokv.hf.models import ensure_embedded
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import pytest
 from fake_hub import fake_hub
 from transformers import AutoTokenizer
 
-from infokv.benchmarks import aime, gsm8k, math500
-from infokv.benchmarks.base import DataError
-from infokv.benchmarks.math_answers import equivalent, extract_answer, gsm8k_final
-from infokv.benchmarks.math_problems import MMATH
-from infokv.benchmarks.sources import load_from
-from infokv.fetch import ChecksumError
-from infokv.models import ensure_embedded
+from infokv.eval.benchmarks import aime, gsm8k, math500
+from infokv.eval.benchmarks.base import DataError
+from infokv.eval.benchmarks.math_answers import equivalent, extract_answer, gsm8k_final
+from infokv.eval.benchmarks.math_problems import MMATH
+from infokv.eval.benchmarks.sources import load_from
+from infokv.hf.fetch import ChecksumError
+from infokv.hf.models import ensure_embedded
 
 OFFLINE = [
     pytest.param(lambda: aime.load(year=2024), aime, 30, id="aime2024"),

@@ -8,10 +8,10 @@ from itertools import pairwise
 import pytest
 from transformers import AutoTokenizer
 
-from infokv.benchmarks import get, ruler_niah, ruler_vt
-from infokv.benchmarks.base import DataError
-from infokv.benchmarks.haystack import count_tokens
-from infokv.models import ensure_embedded
+from infokv.eval.benchmarks import get, ruler_niah, ruler_vt
+from infokv.eval.benchmarks.base import DataError
+from infokv.eval.benchmarks.haystack import count_tokens
+from infokv.hf.models import ensure_embedded
 
 TASKS = [
     pytest.param(ruler_niah, {"keys": 4, "values": 2, "queries": 2}, id="niah-multi"),

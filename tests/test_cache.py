@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from infokv.cache import KVState, new_cache
+from infokv.hf.cache import KVState, new_cache
 
 
 def filled_state(batch: int = 2, heads: int = 3, length: int = 40, dim: int = 8, layers: int = 2) -> KVState:

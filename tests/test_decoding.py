@@ -9,8 +9,9 @@ import pytest
 import torch
 from reference import Reference
 
-from infokv import decoding, generate, generate_sweep, methods
-from infokv.engine import REASONING_PROTOCOL
+from infokv import generate, generate_sweep, methods
+from infokv.engine import decoding
+from infokv.engine.sweep import REASONING_PROTOCOL
 from infokv.signals.entropy import topk_entropy
 
 DECODERS = methods.available("decode")
@@ -153,7 +154,7 @@ def test_reasoning_protocol_sampling_is_reproducible_with_distinct_seeds(llama, 
 def test_decoded_entropy_and_evolution_match_a_full_recomputation(llama, tokenizer, monkeypatch, replayed):
     """Signals gathered step by step (eagerly, or by fixed-shape steps as replayed on CUDA) equal those of
     one float64 pass over prompt + generation."""
-    from infokv.decode_signals import DecodeTracker
+    from infokv.engine.decode_signals import DecodeTracker
 
     if replayed:
         monkeypatch.setattr(decoding, "replayable", lambda *args: True)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from infokv import generate, generate_sweep, methods
-from infokv.capture import prefill
-from infokv.engine import build_settings, compress_settings, left_pad
-from infokv.engine import generate as engine_generate
+from infokv.engine.capture import prefill
+from infokv.engine.sweep import build_settings, compress_settings, left_pad
+from infokv.engine.sweep import generate as engine_generate
 
 ALL = methods.available("prefill")
 SNAPKV_16 = methods.get("snapkv", window=16)

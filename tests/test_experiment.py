@@ -14,13 +14,14 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from infokv import benchmarks, methods
-from infokv.experiment import check_job, run_directory, run_job
-from infokv.results import RunStore, load_frame, record_key, run_directories, unique_records
-from infokv.tables import accuracy, paper_layout, write_tables
+from infokv import methods
+from infokv.eval import benchmarks
+from infokv.eval.runner import check_job, run_directory, run_job
+from infokv.eval.store import RunStore, load_frame, record_key, run_directories, unique_records
+from infokv.eval.tables import accuracy, paper_layout, write_tables
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+CONF = ROOT / "infokv" / "conf"
 # A quick job: 4 passkey prompts of ~300 tokens, 6 new tokens each, on the embedded model.
 QUICK = ["benchmark.limit=4", "benchmark.options.tokens=300", "max_new_tokens=6", "batch_size=1"]
 
@@ -33,7 +34,8 @@ def config(*overrides: str):
 def cli(*arguments: str) -> list[str]:
     """The installed console script ``infokv-run`` where pip installed the package, else the module."""
     script = Path(sys.executable).parent / "infokv-run"
-    return [str(script), *arguments] if script.exists() else [sys.executable, "-m", "infokv.run", *arguments]
+    module = [sys.executable, "-m", "infokv.eval.cli"]
+    return [str(script), *arguments] if script.exists() else [*module, *arguments]
 
 
 # ---- configs mirror the code --------------------------------------------------------------------------
@@ -166,7 +168,7 @@ def test_sweep_runs_as_a_two_job_array_through_submitit_local(tmp_path):
 
 def test_wandb_offline_writes_a_run_into_the_run_directory(tmp_path):
     directory, _ = run_job(config(*QUICK, "benchmark.limit=1", f"output_dir={tmp_path}", "progress=false"))
-    from infokv.run import track
+    from infokv.eval.cli import track
 
     cfg = config(*QUICK, "benchmark.limit=1", f"output_dir={tmp_path}")
     table = pd.DataFrame([{"method": "snapkv", "budget": "0.4", "score": 1.0}])

@@ -18,7 +18,7 @@ from infokv.analysis.forward_influence import (
     reduce_to_tokens,
 )
 from infokv.analysis.word_classes import token_classes
-from infokv.capture import prefill
+from infokv.engine.capture import prefill
 
 LENGTH, PREFIX = 200, 80
 

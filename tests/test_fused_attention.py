@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infokv import causal_attention
-from infokv.signals import fused_attention
+from infokv.kernels import causal_attention, fused_attention
 from infokv.signals.attention import blockwise_attention
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -40,7 +39,7 @@ def test_chunked_cuda_prefill_matches_cpu_float32(cumulative):
     from tiny import tiny_model
 
     from infokv import signals
-    from infokv.capture import prefill
+    from infokv.engine.capture import prefill
 
     model = tiny_model("llama")
     prompt = torch.randint(4, 80, (1, 150), generator=torch.Generator().manual_seed(3))

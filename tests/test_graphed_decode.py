@@ -8,11 +8,12 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from infokv import decoding, generate, generate_sweep, methods
-from infokv.cache import MAX_PREFIX_GROUPS, ValidPrefix, valid_prefix
-from infokv.capture import prefill
-from infokv.engine import forward_tokens, left_pad
-from infokv.graphed_decode import GraphedDecoder
+from infokv import generate, generate_sweep, methods
+from infokv.engine import decoding
+from infokv.engine.capture import prefill
+from infokv.engine.graphed_decode import GraphedDecoder
+from infokv.engine.sweep import forward_tokens, left_pad
+from infokv.kernels.prefix import MAX_PREFIX_GROUPS, ValidPrefix, valid_prefix
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog. ", "Pack my box."]
 

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from infokv.hooks import _row_groups, _single_query_attention
+from infokv.hf.hooks import _row_groups, _single_query_attention
 
 
 def front_filled(kept: list[int], keys: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ BLOCKS, BLOCK_BYTES = 16, 20 << 20
 
 PROGRAM = f"""
 import resource, sys, torch
-from infokv.host_memory import keep_freed_memory
+from infokv.eval.host_memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def batch():

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from test_benchmarks_code import PAIR_SUMS, TWO_SUM, write_fixture_path
 
-from infokv.benchmarks import humaneval, livecodebench
-from infokv.benchmarks.humaneval import OFFLINE
-from infokv.benchmarks.sandbox import run_python
-from infokv.fetch import wheel_member
+from infokv.eval.benchmarks import humaneval, livecodebench
+from infokv.eval.benchmarks.humaneval import OFFLINE
+from infokv.eval.sandbox.process import run_python
+from infokv.hf.fetch import wheel_member
 
 MODES = {"kernel": True, "fallback": False}
 WRONG = "def has_close_elements(numbers, threshold):\n    return True\n"  # HumanEval/0, wrong for most cases

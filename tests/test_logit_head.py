@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from infokv import logit_head
-from infokv.logit_head import LogitHead
+from infokv.hf import logit_head
+from infokv.hf.logit_head import LogitHead
 from infokv.signals.entropy import candidate_columns, chunked_entropy, topk_entropy, two_stage_entropy
 
 VOCABULARY, HIDDEN = 4096, 64

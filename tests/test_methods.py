@@ -7,8 +7,8 @@ import torch
 from reference import Reference
 
 from infokv import compress, methods
-from infokv.budget import Budget, layer_schedule
-from infokv.engine import left_pad
+from infokv.engine.sweep import left_pad
+from infokv.methods.budget import Budget, layer_schedule
 from infokv.methods.infokv import combine
 
 ALL = ["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "expected_attention", "infokv"]

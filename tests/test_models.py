@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infokv import fetch, models
+from infokv.hf import fetch, models
 
 ALIAS = "smollm2-135m"
 

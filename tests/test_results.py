@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from infokv.results import TAIL_CHUNK, append_records, read_records, read_records_from
+from infokv.eval.store import TAIL_CHUNK, append_records, read_records, read_records_from
 
 WRITER = """
 import sys
-from infokv.results import append_records
+from infokv.eval.store import append_records
 for index in range(100000):
     append_records(sys.argv[1], [{"index": index, "payload": "x" * 2000}])
 """

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from infokv import results
-from infokv.results import Claim, RunStore, append_records, read_records, record_key
+from infokv.eval import store
+from infokv.eval.store import Claim, RunStore, append_records, read_records, record_key
 
 ROOT = Path(__file__).resolve().parent.parent
 FORK = multiprocessing.get_context("fork")  # the writers only touch files: no re-import of torch
@@ -51,7 +51,7 @@ def stall_mid_record(path: str, marker: str) -> None:
         Path(marker).touch()
         time.sleep(600)
 
-    results._write_all = half_then_stall
+    store._write_all = half_then_stall
     append_records(path, [{"writer": -1, "index": 0, "payload": "z" * 4_000_000}])
 
 
@@ -221,7 +221,7 @@ JOB = """
 import sys, time
 from pathlib import Path
 from hydra import compose, initialize_config_dir
-import infokv.experiment as experiment
+import infokv.eval.runner as experiment
 
 conf, log, ready, others, *overrides = sys.argv[1:]
 generate = experiment.generate_sweep
@@ -248,7 +248,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tiny import tiny_config
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from infokv.models import resolve
+    from infokv.hf.models import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m")[0])
     config = tiny_config("llama")
@@ -274,7 +274,7 @@ def test_two_runs_of_one_job_compute_each_sample_once(tmp_path, tiny_model_dir, 
                 sys.executable,
                 "-c",
                 JOB,
-                str(ROOT / "conf"),
+                str(ROOT / "infokv" / "conf"),
                 str(log),
                 str(tmp_path / f"ready-{n}"),
                 "2",
@@ -292,7 +292,7 @@ def test_two_runs_of_one_job_compute_each_sample_once(tmp_path, tiny_model_dir, 
     generated = [[int(seed) for seed in log.read_text().split()] if log.exists() else [] for log in logs]
     assert sorted(generated[0] + generated[1]) == list(range(samples)), "each sample generated once"
     assert all(generated), "both runs computed samples (they overlapped)"
-    (directory,) = results.run_directories(tmp_path / "runs")
+    (directory,) = store.run_directories(tmp_path / "runs")
     raw = [json.loads(line) for p in directory.glob("samples*.jsonl") for line in p.read_text().splitlines()]
     keys = [record_key(r) for r in raw]
     assert len(keys) == len(set(keys)) == samples * 2, "every (sample, setting, draw) once, none lost"

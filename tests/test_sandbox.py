@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infokv.benchmarks.sandbox import TRUNCATED, Limits, run_python
+from infokv.eval.sandbox.process import TRUNCATED, Limits, run_python
 
 
 def processes_under(folder: Path) -> list[int]:

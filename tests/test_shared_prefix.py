@@ -6,9 +6,12 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from infokv import decoding, engine, generate, generate_sweep, methods
-from infokv.capture import prefill
-from infokv.engine import (
+from infokv import generate, generate_sweep, methods
+from infokv.engine import decoding
+from infokv.engine import sweep as engine
+from infokv.engine.capture import prefill
+from infokv.engine.graphed_decode import GraphedDecoder
+from infokv.engine.sweep import (
     build_settings,
     compress_settings,
     forward_tokens,
@@ -16,7 +19,6 @@ from infokv.engine import (
     left_pad,
     shares_prompt,
 )
-from infokv.graphed_decode import GraphedDecoder
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat. ",

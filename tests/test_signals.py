@@ -7,8 +7,8 @@ import torch
 from reference import Reference
 
 from infokv import methods, signals
-from infokv.capture import prefill
-from infokv.scoring import LayerView
+from infokv.engine.capture import prefill
+from infokv.engine.views import PrefillView
 from infokv.signals import attention
 from infokv.signals.entropy import top_values, topk_entropy
 
@@ -38,7 +38,7 @@ def test_signals_match_float64_reference(model, prompt, chunk):
     reference = Reference(model, prompt)
     torch.testing.assert_close(last_logits[0].double(), reference.logits[-1], rtol=1e-4, atol=1e-4)
     for layer in range(state.num_layers):
-        view = LayerView(state, captured, layer, memo={})
+        view = PrefillView(state, captured, layer, memo={})
         close = dict(rtol=1e-4, atol=1e-6)
         for pooling, kernel in (("avg", 5), ("max", 7)):
             torch.testing.assert_close(
@@ -83,7 +83,7 @@ def test_query_statistics_match_reference(llama, prompt):
     state, captured, _ = prefill(llama, prompt, valid, {(signals.QUERY_STATISTICS,)}, chunk=64)
     reference = Reference(llama, prompt)
     for layer in range(state.num_layers):
-        mean, covariance = LayerView(state, captured, layer, memo={}).query_statistics()
+        mean, covariance = PrefillView(state, captured, layer, memo={}).query_statistics()
         queries = reference.queries[layer].transpose(0, 1)  # (H, T, d)
         expected_mean = queries.mean(1)
         centred = queries - expected_mean[:, None]
@@ -95,7 +95,7 @@ def test_query_statistics_match_reference(llama, prompt):
 def test_future_rotation_is_mean_of_rope_rotations(llama, prompt):
     valid = torch.ones_like(prompt, dtype=torch.bool)
     state, captured, _ = prefill(llama, prompt, valid, set(), chunk=4096)
-    rotation = LayerView(state, captured, 0, memo={}).future_rotation(8)[0].double()
+    rotation = PrefillView(state, captured, 0, memo={}).future_rotation(8)[0].double()
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     dim = rotation.shape[0]
@@ -115,7 +115,7 @@ def test_expected_attention_scores_follow_the_formula(llama, prompt, sink):
     valid = torch.ones_like(prompt, dtype=torch.bool)
     method = methods.get("expected_attention", n_future=8, sink=sink)
     state, captured, _ = prefill(llama, prompt, valid, method.requirements(), chunk=64)
-    view = LayerView(state, captured, 1, memo={})
+    view = PrefillView(state, captured, 1, memo={})
     queries = Reference(llama, prompt).queries[1][sink:].transpose(0, 1)  # (H, T - sink, d)
     mean = queries.mean(1)
     centred = queries - mean[:, None]

@@ -1,4 +1,8 @@
-"""Analyses that are not run at compression time: Forward Influence and word classes."""
+"""Analyses that are not run at compression time: Forward Influence and word classes.
+
+The top layer beside the command line: it uses the engine, hf, methods and the benchmarks' documents;
+nothing else in infokv imports it.
+"""
 
 from infokv.analysis.forward_influence import (
     DEFAULT_CRITERIA,

@@ -41,11 +41,12 @@ import torch
 from transformers import PreTrainedModel
 
 from infokv import methods, signals
-from infokv.cache import KVState
-from infokv.capture import Captured, forward_hidden, prefill
-from infokv.logit_head import LogitHead
+from infokv.engine.capture import Captured, prefill
+from infokv.engine.views import PrefillView
+from infokv.hf.cache import KVState
+from infokv.hf.forward import forward_hidden
+from infokv.hf.logit_head import LogitHead
 from infokv.methods.base import Requirement
-from infokv.scoring import LayerView
 
 MODES = ("context", "cache")
 KINDS = ("method", "entropy", "random")
@@ -168,11 +169,11 @@ def criterion_scores(
         generator = torch.Generator().manual_seed(config.seed)
         return torch.rand(prefix, generator=generator, dtype=torch.float64)
     if criterion.kind == "entropy":
-        view = LayerView(state, captured, 0, memo={})
+        view = PrefillView(state, captured, 0, memo={})
         return view.entropy(config.entropy_topk, config.entropy_position)[0].double().cpu()
     method = criterion.build()
     per_layer = [
-        method.score(LayerView(state, captured, layer, memo={}))[0] for layer in range(state.num_layers)
+        method.score(PrefillView(state, captured, layer, memo={}))[0] for layer in range(state.num_layers)
     ]
     return reduce_to_tokens(per_layer, candidates)
 
@@ -308,7 +309,7 @@ def select_tokens(
         )
         for criterion in config.criteria
     }
-    entropy = LayerView(state, captured, 0, memo={}).entropy(config.entropy_topk, config.entropy_position)
+    entropy = PrefillView(state, captured, 0, memo={}).entropy(config.entropy_topk, config.entropy_position)
     return selected, entropy[0].cpu()
 
 

@@ -1,4 +1,10 @@
-"""Compression methods, one per file; :func:`get` builds one by name."""
+"""Compression methods, one per file; :func:`get` builds one by name.
+
+Each method declares the signals it needs (``requirements()``) and scores a layer from a
+:class:`~infokv.methods.view.LayerView` (``score(view)``); :mod:`~infokv.methods.budget` and
+:mod:`~infokv.methods.selection` turn scores into kept tokens. Methods import only :mod:`infokv.signals`
+(and :mod:`infokv.kernels` beneath it): never the engine, transformers internals or evaluation.
+"""
 
 from __future__ import annotations
 

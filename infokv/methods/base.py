@@ -5,17 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
-from infokv.budget import LAYER_BUDGETS, Budget, layer_schedule
-
-if TYPE_CHECKING:
-    from infokv.scoring import LayerView
-
-Requirement = tuple
-"""A hashable signal request, e.g. ``("window_queries", 32)`` or ``("entropy", 256)``."""
+from infokv.methods.budget import LAYER_BUDGETS, Budget, layer_schedule
+from infokv.methods.view import LayerView, Requirement
 
 
 @dataclass(frozen=True)
@@ -23,7 +18,7 @@ class Method:
     """A KV-cache compression method: scores per layer and KV head, then a top-budget selection.
 
     ``sink`` first tokens and the last ``window`` tokens are always kept and count toward the budget, which
-    keeps ⌊T·b⌋ tokens of a T-token prompt (kvpress's rule, :mod:`infokv.budget`).
+    keeps ⌊T·b⌋ tokens of a T-token prompt (kvpress's rule, :mod:`infokv.methods.budget`).
     """
 
     name: ClassVar[str] = ""
@@ -55,15 +50,17 @@ class Method:
         """Tokens to keep per layer, per row: list of L tensors (B,)."""
         keep = budget.per_row(lengths, self.floor)
         share = budget.share(lengths)
-        schedule = layer_schedule(
-            self.layer_budget, share, lengths, layers, self.window, getattr(self, "beta", 20.0)
-        )
+        schedule = self.layer_schedule(share, lengths, layers)
         # A budget at or above a row's length evicts nothing from that row, whatever the schedule.
         whole = keep >= lengths
         return [
             torch.where(whole, lengths, torch.minimum(counts.clamp_min(self.floor), lengths))
             for counts in schedule
         ]
+
+    def layer_schedule(self, share: torch.Tensor, lengths: torch.Tensor, layers: int) -> list[torch.Tensor]:
+        """Per-layer keep counts (L tensors (B,)) of schedule ``layer_budget`` from each row's share."""
+        return layer_schedule(self.layer_budget, share, lengths, layers, self.window)
 
     def decode_target(self, count: int, ratio: float, floor: int) -> int:
         """Entries kept of ``count`` tokens at a decoding compression: ⌈ratio · count⌉, at least ``floor``."""

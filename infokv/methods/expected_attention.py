@@ -14,7 +14,7 @@ the softmax running over the keys after the sinks; the sinks themselves are alwa
 Defaults are kvpress 0.5.5's ``ExpectedAttentionPress``: ``n_future`` 512 (``n_future_positions``),
 ``sink`` 4 (``n_sink``: left out of the query statistics and of the softmax, then kept), covariance
 and ‖v‖ on (``use_covariance``, ``use_vnorm``, with its ``epsilon`` 0), mean over the GQA group, no
-window, and the kept count ⌊T·b⌋ of :mod:`infokv.budget`. While decoding, the statistics are those of
+window, and the kept count ⌊T·b⌋ of :mod:`infokv.methods.budget`. While decoding, the statistics are those of
 the generated queries (the prompt's sinks are not among them).
 """
 
@@ -26,7 +26,7 @@ import torch
 
 from infokv import signals
 from infokv.methods.base import Method, Requirement
-from infokv.selection import forced_mask
+from infokv.methods.selection import forced_mask
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from infokv.budget import Budget
 from infokv.methods.base import Method
+from infokv.methods.budget import Budget
 
 
 @dataclass(frozen=True)

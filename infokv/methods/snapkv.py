@@ -9,7 +9,7 @@ over those keys (``pooling``, ``kernel``; zero padding at the edges) and R the G
 Defaults are kvpress 0.5.5's ``SnapKVPress`` (the press the paper's SnapKV baseline ran):
 ``window`` 64 (``window_size``), ``kernel`` 5 (``kernel_size``), ``pooling`` avg (``avg_pool1d`` with
 its default ``count_include_pad``), ``reduction`` mean (its per-group mean), ``sink`` 0 (it keeps no
-sinks), and the kept count ⌊T·b⌋ of :mod:`infokv.budget`. The SnapKV authors' code pools with max over
+sinks), and the kept count ⌊T·b⌋ of :mod:`infokv.methods.budget`. The SnapKV authors' code pools with max over
 kernel 7 (their LongBench settings, window 32 and up): ``pooling="max", kernel=7`` selects it; it pools
 the same keys (those before the window).
 """

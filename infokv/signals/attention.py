@@ -20,15 +20,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from infokv.cache import ValidPrefix, valid_prefix
+from infokv.kernels.prefix import ValidPrefix, valid_prefix
 
 POOLINGS = ("max", "avg", "none")
 REDUCTIONS = ("mean", "max")
 CPU_ITEM_ELEMENTS = 1 << 18
 """fp32 logits per query block and (row, KV head) on CPU: 1 MiB each, near the size of a core's L2 cache.
-The rows of a batch share each block's products, so the kernels get more work per call at larger batches.
-Measured ad hoc on a 2K-token SmolLM2 layer of 4 left-padded prompts: about 200 ms, against 234 ms a row at
-a time and 265 ms with one 2 MiB block for the batch (sdpa, without the sums, took 155 ms)."""
+The rows of a batch share each block's products, so the kernels get more work per call at larger batches."""
 DEVICE_BLOCK_ELEMENTS = 1 << 26
 """fp32 logits per query block for the whole batch elsewhere (256 MiB), where fewer, larger kernels win."""
 
@@ -87,7 +85,8 @@ def blockwise_attention(
     Σ_j softmax_i(q_j·k_i·s) per query head (B, H_q, k). Each block sees only the keys up to its
     last query, and its fp32 probabilities are used for both results, so collecting H2O's
     cumulative attention during prefill costs one softmax pass, not a second attention.
-    Off CUDA, left-padded rows (:func:`infokv.cache.valid_prefix`) are attended without a (q × k) mask
+    Off CUDA, left-padded rows (:func:`infokv.kernels.prefix.valid_prefix`) are attended without a
+    (q × k) mask
     (:func:`_left_padded`) and padding queries get a zero output; on CUDA, finding each row's start would
     read the mask back to the host, stalling a compression that is otherwise queued behind the prefill.
     """

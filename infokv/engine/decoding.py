@@ -1,0 +1,435 @@
+"""The generation loop, with periodic compression of the generated part of the cache.
+
+Every ``every`` generated tokens, the rows of a group whose decoding compression is set keep
+their prompt entries (all of them, unless ``compress_prompt``), their most recent ``window``
+entries, and the best-scoring generated entries up to ``⌈ratio · generated⌉`` (the method's
+``decode_target``). Between compressions the cache grows by one entry per step, so it never
+holds more than prompt + target + ``every`` entries per head. Rows that stop idle in the batch
+(their tokens are discarded) until they are half of it, then leave it together: each departure
+copies the whole cache, which costs more than decoding a few idle rows. On CUDA the steps between
+compressions replay captured graphs (:mod:`infokv.engine.graphed_decode`), recording each entry's signals in
+fixed-shape slots; there finished rows idle until every row is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from infokv import methods
+from infokv.engine.config_values import boolean
+from infokv.engine.decode_signals import DecodeTracker, LayerEntries
+from infokv.engine.graphed_decode import GraphedDecoder
+from infokv.engine.sampling import Sampler
+from infokv.engine.views import DecodeView
+from infokv.hf.cache import KVState
+from infokv.hf.forward import forward_hidden, rotary_function
+from infokv.hf.hooks import layer_output_hooks, prerope_query_hooks
+from infokv.hf.logit_head import LogitHead
+from infokv.methods.base import Method
+from infokv.methods.selection import Selection, combine_groups, forced_mask, select
+
+
+@dataclass(frozen=True)
+class DecodeCompression:
+    """Compress the generated cache with ``method`` to ``ratio`` of it every ``every`` tokens."""
+
+    method: Method
+    ratio: float
+    every: int = 1024
+    compress_prompt: bool = False
+
+    @classmethod
+    def build(
+        cls, method: str | Method, ratio: float, every: int = 1024, compress_prompt: bool = False
+    ) -> DecodeCompression:
+        resolved = methods.get_for_phase(method, "decode")
+        if not isinstance(ratio, int | float) or not 0.0 < ratio <= 1.0:
+            raise ValueError(f"decode ratio {ratio!r} is not allowed; use 0 < ratio <= 1 (e.g. 0.25)")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"compress_every {every!r} must be an integer >= 1")
+        return cls(resolved, float(ratio), every, boolean("compress_prompt", compress_prompt))
+
+    def label(self) -> str:
+        return f"{self.method.label()}@{self.ratio:g}"
+
+
+@dataclass
+class RowStats:
+    """What happened to one row while decoding."""
+
+    compressions: int = 0
+    peak_entries: int = 0
+    final_entries: int = 0
+    events: list[tuple[int, int, int]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "compression_events": self.compressions,
+            "peak_cache_entries": self.peak_entries,
+            "final_cache_entries": self.final_entries,
+            "compressions": [list(event) for event in self.events],
+            "decode_seconds_row": self.seconds,
+        }
+
+
+def decode_target(compression: DecodeCompression, generated: int, prompt_length: int) -> int:
+    """Entries to keep per head after a compression: of the generated part, or of everything with
+    ``compress_prompt`` (then the sinks count too)."""
+    method = compression.method
+    if compression.compress_prompt:
+        return method.decode_target(prompt_length + generated, compression.ratio, method.sink + method.window)
+    return method.decode_target(generated, compression.ratio, method.window)
+
+
+def _compress_rows(
+    state: KVState,
+    layers: list[LayerEntries],
+    rows: slice,
+    compression: DecodeCompression,
+    generated: int,
+    prompt_lengths: torch.Tensor,
+    next_positions: torch.Tensor,
+    scaling: float,
+    rotary,
+) -> list[Selection]:
+    """Selections (per layer) for a contiguous group of rows."""
+    method = compression.method
+    lengths = prompt_lengths[rows]
+    selections = []
+    for layer, entries in enumerate(layers):
+        keys, values = state.layer(layer)
+        keys, values = keys[rows], values[rows]
+        valid = state.valid_mask(layer)[rows]
+        group_entries = entries.rows(rows)
+        view = DecodeView(keys, values, valid, group_entries, scaling, rotary, next_positions[rows])
+        scores = method.score(view)
+        forced = forced_mask(valid, method.sink, method.window)[:, None, :].expand_as(scores)
+        is_prompt = group_entries.positions < lengths[:, None, None]
+        prompt_entries = (is_prompt[:, 0, :] & valid).sum(-1)
+        if not compression.compress_prompt:
+            forced = forced | is_prompt
+        targets = torch.tensor(
+            [decode_target(compression, generated, int(length)) for length in lengths.tolist()],
+            device=keys.device,
+        )
+        base = torch.zeros_like(prompt_entries) if compression.compress_prompt else prompt_entries
+        keep = torch.minimum(base + targets, valid.sum(-1))
+        selections.append(select(scores, valid, keep, forced))
+    return selections
+
+
+def _everything(state: KVState, layer: int, rows: slice) -> Selection:
+    keys = state.layer(layer)[0][rows]
+    batch, heads, length, _ = keys.shape
+    indices = torch.arange(length, device=keys.device).expand(batch, heads, length)
+    return Selection(indices, state.valid_mask(layer)[rows])
+
+
+@dataclass
+class DecodeBatch:
+    """The rows being decoded: cache, per-entry signals, positions and bookkeeping."""
+
+    state: KVState
+    layers: list[LayerEntries]
+    positions: torch.Tensor
+    prompt_lengths: torch.Tensor
+    groups: torch.Tensor
+    active: list[int]
+
+    def keep_rows(self, keep: torch.Tensor) -> None:
+        rows = keep.nonzero()[:, 0]
+        self.state = self.state.select_rows(rows)
+        self.layers = [entries.rows(rows) for entries in self.layers]
+        self.positions, self.prompt_lengths, self.groups = (
+            self.positions[rows],
+            self.prompt_lengths[rows],
+            self.groups[rows],
+        )
+        self.active = [self.active[row] for row in rows.tolist()]
+
+    def group_slices(self) -> list[tuple[int, slice]]:
+        """(group id, contiguous row slice) for every group still present."""
+        ids = self.groups.tolist()
+        slices, start = [], 0
+        for index in range(1, len(ids) + 1):
+            if index == len(ids) or ids[index] != ids[start]:
+                slices.append((ids[start], slice(start, index)))
+                start = index
+        return slices
+
+
+@dataclass
+class Progress:
+    """What decoding has produced so far: the tokens and statistics per row, and which rows are done."""
+
+    tokens: list[list[int]]
+    stats: list[RowStats]
+    done: torch.Tensor
+    start: float
+    stops: torch.Tensor
+    stop_at_eos: bool
+
+    def take(self, batch: DecodeBatch, token: torch.Tensor) -> None:
+        """Append each unfinished row's sampled token; a row that sampled a stop token is done from now."""
+        for row, value, idle in zip(batch.active, token.tolist(), self.done.tolist(), strict=True):
+            if not idle:
+                self.tokens[row].append(value)
+        stopped = torch.isin(token, self.stops) & ~self.done
+        finished = stopped if self.stop_at_eos else torch.zeros_like(self.done)
+        for row in torch.nonzero(finished)[:, 0].tolist():
+            self.stats[batch.active[row]].seconds = time.perf_counter() - self.start
+        self.done = self.done | finished
+
+    def finished(self, generated: int, max_new_tokens: int) -> bool:
+        return generated == max_new_tokens or bool(self.done.all())
+
+
+def decode(
+    model: PreTrainedModel,
+    batch: DecodeBatch,
+    tracker: DecodeTracker,
+    compressions: Sequence[DecodeCompression | None],
+    logits: torch.Tensor,
+    max_new_tokens: int,
+    sampler: Sampler,
+    stop_ids: Sequence[int],
+    stop_at_eos: bool = True,
+    cuda_graphs: bool = True,
+) -> tuple[list[list[int]], list[RowStats]]:
+    """Generate up to ``max_new_tokens`` per row (stopping rows at a stop token), compressing as configured.
+
+    ``compressions[g]`` applies to the rows whose group id is g (None: never compressed). On CUDA the
+    steps replay captured graphs (:func:`_graphed_loop`), elsewhere they run eagerly (:func:`_eager_loop`).
+    Returns the generated ids per row (stop token included) and per-row statistics.
+    """
+    rows = len(batch.active)
+    progress = Progress(
+        [[] for _ in range(rows)],
+        [RowStats() for _ in range(rows)],
+        torch.zeros(rows, dtype=torch.bool, device=logits.device),
+        time.perf_counter(),
+        torch.tensor(list(stop_ids), device=logits.device, dtype=torch.long),
+        stop_at_eos,
+    )
+    # Entries are tracked (positions, signals, per-step counts) only for decoding compression.
+    tracked = tracking(tracker, compressions)
+    loop = _graphed_loop if cuda_graphs and replayable(model) else _eager_loop
+    _record_entries(batch, progress.stats)
+    with contextlib.ExitStack() as hooks:
+        if tracker.evolution:
+            hooks.enter_context(layer_output_hooks(model, tracker.on_layer_output))
+        if tracker.query_statistics:
+            hooks.enter_context(prerope_query_hooks(model, tracker.on_queries))
+        loop(model, batch, tracker, compressions, logits, max_new_tokens, sampler, progress, tracked)
+    if not tracked:
+        for row in range(rows):  # every token but the last was fed, and nothing was evicted
+            progress.stats[row].final_entries += len(progress.tokens[row]) - 1
+            progress.stats[row].peak_entries = progress.stats[row].final_entries
+    elapsed = time.perf_counter() - progress.start
+    for row, idle in zip(batch.active, progress.done.tolist(), strict=True):
+        if not idle:
+            progress.stats[row].seconds = elapsed
+    return progress.tokens, progress.stats
+
+
+def _eager_loop(
+    model: PreTrainedModel,
+    batch: DecodeBatch,
+    tracker: DecodeTracker,
+    compressions: Sequence[DecodeCompression | None],
+    logits: torch.Tensor,
+    max_new_tokens: int,
+    sampler: Sampler,
+    progress: Progress,
+    tracked: bool,
+) -> None:
+    """One forward call per step; once half the rows are done, the finished rows leave the batch."""
+    to_logits = LogitHead.of(model)
+    rotary = rotary_function(model)
+    on_attention = tracker.on_attention if tracker.needs_attention else None
+    for generated in range(1, max_new_tokens + 1):
+        token = sampler(logits)
+        progress.take(batch, token)
+        if progress.finished(generated, max_new_tokens):
+            return
+        if 2 * int(progress.done.sum()) >= len(progress.done):
+            keep = ~progress.done
+            sampler = sampler.subset(keep.nonzero()[:, 0].tolist())
+            token, logits, progress.done = token[keep], logits[keep], progress.done[keep]
+            batch.keep_rows(keep)
+            tracker.layers = batch.layers
+        producing = sampler.distribution(logits) if tracked else None
+        positions = batch.positions[:, None]
+        hidden = forward_hidden(model, batch.state, token[:, None], positions, None, on_attention)
+        logits = to_logits(hidden[:, -1]).float()
+        if tracked:
+            tracker.append(batch.positions, producing, logits)
+        batch.positions = batch.positions + 1
+        if tracked:
+            _record_entries(batch, progress.stats, progress.done)
+            _maybe_compress(batch, tracker, compressions, generated, progress.stats, rotary, progress.done)
+
+
+def _graphed_loop(
+    model: PreTrainedModel,
+    batch: DecodeBatch,
+    tracker: DecodeTracker,
+    compressions: Sequence[DecodeCompression | None],
+    logits: torch.Tensor,
+    max_new_tokens: int,
+    sampler: Sampler,
+    progress: Progress,
+    tracked: bool,
+) -> None:
+    """Steps replayed from a captured CUDA graph over a fixed-shape cache, recaptured after each
+    compression or every :data:`GRAPH_STEPS` steps. Rows never leave the batch: a finished row idles until
+    every row is done."""
+    rotary = rotary_function(model)
+    graphed, held = None, []
+    for generated in range(1, max_new_tokens + 1):
+        token = sampler(logits)
+        progress.take(batch, token)
+        if progress.finished(generated, max_new_tokens):
+            break
+        if graphed is None or graphed.done == graphed.steps:
+            if graphed is not None:
+                batch.state = graphed.release()
+            steps = min(max_new_tokens - generated, _steps_to_compression(compressions, generated))
+            graphed, held = _fixed_shape_decoder(model, batch, tracker if tracked else None, steps, logits)
+        producing = sampler.distribution(logits) if tracked else None
+        logits = graphed(token, producing)
+        batch.positions = batch.positions + 1
+        if tracked:
+            _record_counts(batch, progress.stats, [count + graphed.done for count in held], progress.done)
+            if _due(batch, compressions, generated):
+                batch.state, graphed = graphed.release(), None
+                _maybe_compress(
+                    batch, tracker, compressions, generated, progress.stats, rotary, progress.done
+                )
+    if graphed is not None:
+        batch.state = graphed.release()
+
+
+GRAPH_STEPS = 256
+"""Steps per captured decoding graph: attention reads length + GRAPH_STEPS slots from the first of them,
+and a new capture (about two steps' host time) follows every GRAPH_STEPS steps."""
+
+
+def tracking(tracker: DecodeTracker, compressions: Sequence) -> bool:
+    """Whether steps must track cache entries: some rows compress while decoding, or signals are collected."""
+    return tracker.collects or any(compression is not None for compression in compressions)
+
+
+def replayable(model: PreTrainedModel) -> bool:
+    """Whether steps can replay a captured CUDA graph: on CUDA."""
+    return model.device.type == "cuda"
+
+
+def _fixed_shape_decoder(
+    model: PreTrainedModel,
+    batch: DecodeBatch,
+    tracker: DecodeTracker | None,
+    steps: int,
+    logits: torch.Tensor,
+) -> tuple[GraphedDecoder, list[int]]:
+    """A decoder for the next ``steps`` steps (at most :data:`GRAPH_STEPS`) of ``batch``, recording signals in
+    ``tracker`` if given, and each row's cache entries before them (every step adds one per layer and row)."""
+    held = batch.state.valid_counts().amax(dim=0).tolist() if tracker is not None else []
+    steps = min(GRAPH_STEPS, steps)
+    decoder = GraphedDecoder(model, batch.state, batch.positions, steps, tracker=tracker, logits=logits)
+    return decoder, held
+
+
+def _steps_to_compression(compressions: Sequence[DecodeCompression | None], generated: int) -> int:
+    """Steps from step ``generated`` up to and including the next one after which some group compresses
+    (:data:`GRAPH_STEPS` when none ever does)."""
+    intervals = [compression.every for compression in compressions if compression is not None]
+    return min((-generated % every + 1 for every in intervals), default=GRAPH_STEPS)
+
+
+def _record_entries(batch: DecodeBatch, stats: list[RowStats], done: torch.Tensor | None = None) -> None:
+    _record_counts(batch, stats, batch.state.valid_counts().amax(dim=0).tolist(), done)
+
+
+def _record_counts(
+    batch: DecodeBatch, stats: list[RowStats], entries: list[int], done: torch.Tensor | None = None
+) -> None:
+    """Peak and current cache entries of the rows still generating, from their entry counts now."""
+    idle = [False] * len(entries) if done is None else done.tolist()
+    for row, count, row_idle in zip(batch.active, entries, idle, strict=True):
+        if row_idle:
+            continue
+        stats[row].peak_entries = max(stats[row].peak_entries, int(count))
+        stats[row].final_entries = int(count)
+
+
+def _due(
+    batch: DecodeBatch, compressions: Sequence[DecodeCompression | None], generated: int
+) -> list[tuple[int, slice]]:
+    """(group, rows) of the groups that compress after step ``generated``."""
+    return [
+        (group, rows)
+        for group, rows in batch.group_slices()
+        if compressions[group] is not None and generated % compressions[group].every == 0
+    ]
+
+
+def _maybe_compress(
+    batch: DecodeBatch,
+    tracker: DecodeTracker,
+    compressions: Sequence[DecodeCompression | None],
+    generated: int,
+    stats: list[RowStats],
+    rotary,
+    done: torch.Tensor,
+) -> None:
+    due = _due(batch, compressions, generated)
+    if not due:
+        return
+    before = batch.state.valid_counts().amax(dim=0).tolist()
+    due_groups = dict(due)
+    per_group = []
+    for group, rows in batch.group_slices():
+        if group in due_groups:
+            per_group.append(
+                _compress_rows(
+                    batch.state,
+                    batch.layers,
+                    rows,
+                    compressions[group],
+                    generated,
+                    batch.prompt_lengths,
+                    batch.positions,
+                    tracker.scaling,
+                    rotary,
+                )
+            )
+        else:
+            per_group.append(
+                [_everything(batch.state, layer, rows) for layer in range(batch.state.num_layers)]
+            )
+    indices, valid = combine_groups(per_group)
+    everyone = torch.arange(len(batch.active), device=batch.positions.device)
+    batch.state = batch.state.gather(everyone, indices, valid)
+    batch.layers = [
+        entries.gather(everyone, layer_indices)
+        for entries, layer_indices in zip(batch.layers, indices, strict=True)
+    ]
+    tracker.layers = batch.layers
+    after = batch.state.valid_counts().amax(dim=0).tolist()
+    compressed_rows = set()
+    for _, rows in due:
+        compressed_rows.update(range(rows.start, rows.stop))
+    idle = done.tolist()
+    for row in compressed_rows - {row for row, row_idle in enumerate(idle) if row_idle}:
+        stat = stats[batch.active[row]]
+        stat.compressions += 1
+        stat.events.append((generated, int(before[row]), int(after[row])))
+        stat.final_entries = int(after[row])

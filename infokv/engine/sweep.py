@@ -1,0 +1,654 @@
+"""Prefill once, compress many ways, decode with true positions.
+
+``generate_sweep`` is the workhorse: one chunked prefill per batch captures every signal the
+requested methods need; each (method, budget) setting then selects its kept tokens from the same
+full cache, and all settings decode together as one batch whose rows keep different numbers of
+tokens (shorter rows are filled with masked entries). A sweep therefore costs one prefill per
+sample plus one batched decode, not one prefill and decode per setting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from infokv import methods
+from infokv.engine.capture import Captured, prefill
+from infokv.engine.config_values import boolean, integer
+from infokv.engine.decode_signals import DecodeTracker, entries_from_prefill
+from infokv.engine.decoding import DecodeBatch, DecodeCompression, decode
+from infokv.engine.sampling import Sampler
+from infokv.engine.views import PrefillView
+from infokv.hf.cache import KVState
+from infokv.hf.forward import forward_hidden
+from infokv.hf.hooks import (
+    check_attention_implementation,
+    check_full_attention_layers,
+)
+from infokv.hf.logit_head import LogitHead
+from infokv.methods.base import Method
+from infokv.methods.budget import Budget
+from infokv.methods.selection import Selection, combine_groups, forced_mask, rank, take_top
+
+Prompt = str | tuple[str, str]
+COMPRESS_MODES = ("prompt", "context_only")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration of a sweep: a prefill (method, budget) and an optional decoding compression."""
+
+    method: Method
+    budget: Budget
+    decode: DecodeCompression | None = None
+
+    @classmethod
+    def build(
+        cls,
+        method: str | Method,
+        budget: float | int | str | Budget,
+        decode_method: str | Method | None = None,
+        decode_ratio: float = 0.25,
+        compress_every: int = 1024,
+        compress_prompt: bool = False,
+    ) -> Setting:
+        resolved = methods.get_for_phase(method, "prefill")
+        parsed = Budget.parse(budget)
+        if resolved.evicts:
+            parsed.check_floor(resolved.floor)
+        else:
+            parsed = Budget(ratio=1.0)  # the full cache is the same at every budget
+        decode = None
+        if decode_method is not None:
+            decode = DecodeCompression.build(decode_method, decode_ratio, compress_every, compress_prompt)
+            decode = decode if decode.method.evicts else None
+        return cls(resolved, parsed, decode)
+
+    def label(self) -> str:
+        prefill = f"{self.method.label()}@{self.budget.label()}"
+        return prefill if self.decode is None else f"{prefill}+{self.decode.label()}"
+
+
+@dataclass
+class Completion:
+    """A generated continuation and how it was produced."""
+
+    text: str
+    token_ids: list[int]
+    method: str
+    budget: str
+    stats: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Tokenized:
+    """Token ids of the compressed part (context) and of the part fed after compression (question)."""
+
+    context: list[int]
+    question: list[int]
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str, first: bool) -> list[int]:
+    """Token ids; special tokens are added to the first part unless it already starts with BOS."""
+    bos = tokenizer.bos_token
+    special = first and not (bos and text.startswith(bos))
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], compress: str) -> list[Tokenized]:
+    """Split and tokenize prompts: ``prompt`` compresses everything, ``context_only`` the first element."""
+    if compress not in COMPRESS_MODES:
+        raise ValueError(f"compress {compress!r} is not one of {COMPRESS_MODES}")
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("prompts must be a non-empty list of strings or (context, question) pairs")
+    tokenized = []
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            if compress == "context_only":
+                raise ValueError(
+                    f"prompt {index} is a string; compress='context_only' needs (context, question)"
+                )
+            tokenized.append(Tokenized(_encode(tokenizer, prompt, True), []))
+        elif isinstance(prompt, tuple) and len(prompt) == 2 and all(isinstance(part, str) for part in prompt):
+            context, question = prompt
+            if compress == "context_only" and not context:
+                raise ValueError(
+                    f"prompt {index} has an empty context; compress='context_only' compresses the context, "
+                    "so give it text or use compress='prompt'"
+                )
+            if compress == "prompt":
+                tokenized.append(Tokenized(_encode(tokenizer, context + question, True), []))
+            else:
+                tokenized.append(
+                    Tokenized(_encode(tokenizer, context, True), _encode(tokenizer, question, False))
+                )
+        else:
+            raise ValueError(
+                f"prompt {index} is a {type(prompt).__name__}; use a string or (context, question)"
+            )
+    return tokenized
+
+
+def context_limit(model: PreTrainedModel) -> int:
+    text_config = model.config.get_text_config(decoder=True)
+    return int(getattr(text_config, "max_position_embeddings", 0) or 0)
+
+
+def check_lengths(model: PreTrainedModel, tokenized: Sequence[Tokenized], max_new_tokens: int) -> None:
+    """One-line error if a prompt plus its generation would exceed the model's context, or if the
+    tokenizer gives ids the model has no embedding for (a tokenizer of another model)."""
+    integer("max_new_tokens", max_new_tokens, 1)
+    limit = context_limit(model)
+    vocabulary = model.get_input_embeddings().num_embeddings
+    for index, item in enumerate(tokenized):
+        length = len(item.context) + len(item.question)
+        if length == 0:
+            raise ValueError(f"prompt {index} is empty after tokenization")
+        if max(item.context + item.question) >= vocabulary:
+            raise ValueError(
+                f"prompt {index} has token id {max(item.context + item.question)} but the model embeds "
+                f"{vocabulary} ids; use the model's own tokenizer"
+            )
+        if limit and length + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt {index} has {length} tokens + max_new_tokens {max_new_tokens}"
+                f" > the model's context {limit}"
+            )
+
+
+def check_model(model: PreTrainedModel) -> None:
+    """A transformers causal LM whose attention and layers we can compress, else a one-line error."""
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"model is a {type(model).__name__}; expected a transformers model (infokv.load_model)"
+        )
+    check_attention_implementation(model)
+    check_full_attention_layers(model)
+
+
+def check_input_ids(model: PreTrainedModel, input_ids: torch.Tensor) -> None:
+    """(batch, tokens) integer ids, at least one token, each an id the model embeds: else one line."""
+    if input_ids.ndim != 2 or input_ids.numel() == 0:
+        raise ValueError(
+            f"input_ids has shape {tuple(input_ids.shape)}; expected (batch, tokens) with tokens >= 1"
+        )
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids has dtype {input_ids.dtype}; expected integer token ids (torch.long)")
+    vocabulary = model.get_input_embeddings().num_embeddings
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocabulary:
+        bad = low if low < 0 else high
+        raise ValueError(f"input_ids holds token id {bad}; the model embeds ids 0..{vocabulary - 1}")
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and validity mask, left-padded."""
+    width = max(len(sequence) for sequence in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    valid = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            ids[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+            valid[row, width - len(sequence) :] = True
+    return ids.to(device), valid.to(device)
+
+
+def layer_ranking(view: PrefillView, method: Method) -> torch.Tensor:
+    """Entry indices (B, H_kv, T) of one layer from best to worst by ``method``'s scores. Scores do not
+    depend on the budget, so one ranking serves every budget of a method."""
+
+    def ranking() -> torch.Tensor:
+        forced = view.across_layers(
+            ("forced", method.sink, method.window),
+            lambda: forced_mask(view.valid, method.sink, method.window),
+        )
+        return rank(method.score(view), view.valid, forced)
+
+    return view.memoised(("ranking", method), ranking)
+
+
+def compress_settings(
+    state: KVState, captured: Captured, settings: Sequence[Setting], share: bool = False
+) -> tuple[KVState, list[list[Selection]]]:
+    """Compress the full cache once per setting; rows of the result are setting-major (r = c·B + b).
+
+    Each layer's kept entries of every setting come from one selection over the settings' stacked
+    rankings, as wide as the widest setting there (narrower rows get masked filler in front), so
+    a sweep costs one selection per layer, not one per setting. The rows' caches are gathered copies,
+    or with ``share`` masks over ``state`` itself (:meth:`KVState.share_prompt`), which is cheaper when
+    the settings together keep more entries than the full cache holds (:func:`shares_prompt`).
+    """
+    layers = state.num_layers
+    batch = captured.valid.shape[0]
+    # Keep counts are computed on the host and sent to the device in one copy: reading a selection's
+    # width from device counts, or copying counts one at a time, would each wait for the device's queue.
+    # Nothing here waits for the device, so on a GPU the compression is queued while the prefill runs.
+    keeps = torch.stack(
+        [
+            torch.stack(setting.method.keep_counts(setting.budget, captured.host_lengths, layers))
+            for setting in settings
+        ]
+    )
+    widest = keeps.amax(dim=(0, 2))
+    widths = widest.tolist()
+    dense = (keeps == widest[None, :, None]).all(dim=2).all(dim=0).tolist()  # every row keeps the width
+    device_keeps = keeps.to(captured.valid.device)
+    per_setting: list[list[Selection]] = [[] for _ in settings]
+    indices, valid = [], []
+    shared: dict = {}
+    for layer in range(layers):
+        view = PrefillView(state, captured, layer, memo={}, shared=shared)
+        rankings = torch.cat([layer_ranking(view, setting.method) for setting in settings])
+        selected = take_top(rankings, device_keeps[:, layer].reshape(-1), widths[layer])
+        indices.append(selected.indices)
+        valid.append(selected.valid)
+        for index, selections in enumerate(per_setting):
+            rows = slice(index * batch, (index + 1) * batch)
+            selections.append(Selection(selected.indices[rows], selected.valid[rows]))
+    rows = torch.arange(batch, device=captured.valid.device).repeat(len(settings))
+    if share:
+        return state.share_prompt(rows, kept_masks(indices, valid, state.lengths())), per_setting
+    return state.gather(rows, indices, valid, dense), per_setting
+
+
+def kept_masks(
+    indices: list[torch.Tensor], valid: list[torch.Tensor], lengths: list[int]
+) -> list[torch.Tensor]:
+    """Per layer, (R, H_kv, T_l) True at the kept entries ``indices[l]`` (R, H_kv, K) where ``valid[l]``."""
+    masks = []
+    for layer_indices, layer_valid, length in zip(indices, valid, lengths, strict=True):
+        rows, heads, _ = layer_indices.shape
+        mask = torch.zeros(rows, heads, length + 1, dtype=torch.bool, device=layer_indices.device)
+        # Filler slots are sent to the extra column, which is dropped.
+        target = torch.where(layer_valid[:, None, :], layer_indices, length)
+        masks.append(mask.scatter_(2, target, True)[..., :length])
+    return masks
+
+
+def kept_entries(settings: Sequence[Setting], lengths: torch.Tensor, layers: int) -> list[int]:
+    """Entries each setting keeps over all layers and rows of prompts of ``lengths`` (host) tokens."""
+    return [
+        sum(int(counts.sum()) for counts in setting.method.keep_counts(setting.budget, lengths, layers))
+        for setting in settings
+    ]
+
+
+def shares_prompt(kept: Sequence[int], lengths: torch.Tensor, layers: int) -> bool:
+    """Whether settings keeping ``kept`` entries each (:func:`kept_entries`) should attend masks over one
+    prompt cache (:mod:`infokv.hf.shared_prefix`): when they keep more entries together than it holds, so
+    decoding reads less from it than from copies, and compressing writes no copies."""
+    return sum(kept) > int(lengths.sum()) * layers
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS ids of the tokenizer and of the model's generation config."""
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(value) for value in source)
+    return sorted(ids)
+
+
+def forward_tokens(
+    model: PreTrainedModel,
+    state: KVState,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Append (R, q) tokens at explicit ``positions`` to the cache; logits (R, V) at the last one."""
+    hidden = forward_hidden(model, state, input_ids, positions, valid)
+    return LogitHead.of(model)(hidden[:, -1]).float()
+
+
+def _trim(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:
+    for index, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:index]
+    return tokens
+
+
+def _seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    """One seed per prompt: ``seed`` for all, or a sequence of one integer per prompt."""
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return [seed] * count
+    if isinstance(seed, str | bytes) or not isinstance(seed, Sequence):
+        raise TypeError(f"seed {seed!r} is not allowed; use an integer or a list of one integer per prompt")
+    seeds = [integer("seed", value) for value in seed]
+    if len(seeds) != count:
+        raise ValueError(f"seed has {len(seeds)} values for {count} prompts; give one int or one per prompt")
+    return seeds
+
+
+REASONING_PROTOCOL = {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 32768}
+"""Sampling protocol of the long-decoding scenario (reasoning models)."""
+
+SettingSpec = tuple | Setting
+
+
+def build_settings(
+    settings: Sequence[SettingSpec], compress_every: int = 1024, compress_prompt: bool = False
+) -> list[Setting]:
+    """Settings from ``(method, budget)`` or ``(method, budget, decode_method, decode_ratio)`` tuples."""
+    if isinstance(settings, str | tuple) or not settings:
+        raise ValueError(
+            "settings must be a non-empty list of (method, budget[, decode_method, decode_ratio])"
+        )
+    built = []
+    for spec in settings:
+        if isinstance(spec, Setting):
+            built.append(spec)
+        elif isinstance(spec, tuple | list) and len(spec) in (2, 4):
+            built.append(Setting.build(*spec, compress_every=compress_every, compress_prompt=compress_prompt))
+        else:
+            raise ValueError(
+                f"setting {spec!r} is not (method, budget) or (method, budget, decode_method, ratio)"
+            )
+    return built
+
+
+def generate_sweep(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    settings: Sequence[SettingSpec],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | Sequence[int] = 0,
+    compress: str = "prompt",
+    batch_size: int | None = None,
+    prefill_chunk: int = 4096,
+    samples: int = 1,
+    compress_every: int = 1024,
+    compress_prompt: bool = False,
+    stop_at_eos: bool = True,
+    cuda_graphs: bool = True,
+) -> list[list[Completion]]:
+    """Completions for every setting and prompt: ``result[setting][prompt · samples + sample]``.
+
+    Each batch of prompts is prefilled once; every setting compresses the same full cache and all
+    settings decode together. ``samples`` > 1 draws that many completions per prompt, sample i
+    with seed ``seed + i`` (or ``seed[prompt] + i``). ``cuda_graphs`` lets decoding steps replay a captured
+    CUDA graph between compressions (:mod:`infokv.engine.graphed_decode`; no effect off CUDA).
+    """
+    resolved = build_settings(settings, compress_every, compress_prompt)
+    tokenized = tokenize(tokenizer, prompts, compress)
+    check_lengths(model, tokenized, max_new_tokens)
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples {samples!r} must be an integer >= 1")
+    seeds = [base + index for base in _seeds(seed, len(tokenized)) for index in range(samples)]
+    tokenized = [item for item in tokenized for _ in range(samples)]
+    Sampler(temperature, top_p, [], torch.device("cpu"))
+    if prefill_chunk < 1:
+        raise ValueError(f"prefill_chunk {prefill_chunk} must be >= 1")
+    if not isinstance(cuda_graphs, bool):
+        raise ValueError(f"cuda_graphs {cuda_graphs!r} must be true or false")
+    boolean("stop_at_eos", stop_at_eos)
+    check_model(model)
+    if batch_size is not None:
+        integer("batch_size", batch_size, 1)
+    unique = list(dict.fromkeys(resolved))  # equal settings (e.g. full at two budgets) are decoded once
+    step = batch_size or len(tokenized)
+    options = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "prefill_chunk": prefill_chunk,
+        "stop_at_eos": stop_at_eos,
+        "cuda_graphs": cuda_graphs,
+    }
+    results: list[list[Completion]] = [[] for _ in unique]
+    for start in range(0, len(tokenized), step):
+        batch = tokenized[start : start + step]
+        outputs = _run_batch(model, tokenizer, batch, unique, seeds[start : start + step], **options)
+        for index, completions in enumerate(outputs):
+            results[index].extend(completions)
+    return [results[unique.index(setting)] for setting in resolved]
+
+
+def _requirements(settings: Sequence[Setting]) -> tuple[set, set]:
+    """Signals to capture at prefill, and while decoding."""
+    prefill_needs = set().union(*(setting.method.requirements() for setting in settings))
+    decode_needs = set().union(*(s.decode.method.requirements() for s in settings if s.decode is not None))
+    if any(s.decode is not None and s.decode.compress_prompt for s in settings):
+        prefill_needs |= decode_needs
+    return prefill_needs, decode_needs
+
+
+def _run_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: Sequence[Tokenized],
+    settings: Sequence[Setting],
+    seeds: Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    prefill_chunk: int,
+    stop_at_eos: bool,
+    cuda_graphs: bool,
+) -> list[list[Completion]]:
+    """One batch through every setting: prefill once, compress per setting, decode all rows together.
+
+    Settings run widest first (:func:`widest_first`) and their completions come back in the given order."""
+    device = model.device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prefill_needs, decode_needs = _requirements(settings)
+    input_ids, valid = left_pad([item.context for item in batch], pad_id, device)
+    clock = time.perf_counter()
+    state, captured, last_logits = prefill(model, input_ids, valid, prefill_needs, prefill_chunk)
+    prefill_seconds = time.perf_counter() - clock
+    kept = kept_entries(settings, captured.host_lengths, state.num_layers)
+    order = widest_first(kept)
+    settings = [settings[index] for index in order]
+    compressions = [setting.decode for setting in settings]
+    copies = len(settings)
+    rows = torch.arange(len(batch), device=device).repeat(copies)
+    # Rows compressed while decoding need caches of their own; question tokens need more than one query.
+    share = (
+        all(compression is None for compression in compressions)
+        and not any(item.question for item in batch)
+        and shares_prompt(kept, captured.host_lengths, state.num_layers)
+    )
+    clock = time.perf_counter()
+    rows_state, selections, layers = _compress_copies(
+        model, state, captured, settings, share, rows, decode_needs
+    )
+    del state
+    compress_seconds = time.perf_counter() - clock
+    tracker = DecodeTracker(decode_needs, layers, captured.scaling)
+    clock = time.perf_counter()
+    with torch.inference_mode():
+        logits, positions, prompt_lengths = _read_questions(
+            model, rows_state, tracker, batch, captured.lengths.repeat(copies), last_logits, copies, pad_id
+        )
+        sampler = Sampler(temperature, top_p, list(seeds) * copies, device)
+        stop_ids = stop_token_ids(model, tokenizer)
+        groups = torch.arange(copies, device=device).repeat_interleave(len(batch))
+        decode_batch = DecodeBatch(
+            rows_state, layers, positions, prompt_lengths, groups, list(range(len(rows)))
+        )
+        tokens, row_stats = decode(
+            model,
+            decode_batch,
+            tracker,
+            compressions,
+            logits,
+            max_new_tokens,
+            sampler,
+            stop_ids,
+            stop_at_eos,
+            cuda_graphs,
+        )
+    decode_seconds = time.perf_counter() - clock
+    shared = {
+        "batch_size": len(batch),
+        "settings": len(settings),
+        "prefill_seconds": prefill_seconds,
+        "compress_seconds": compress_seconds,
+        "decode_seconds": decode_seconds,
+    }
+    results = [
+        _completions(
+            tokenizer, batch, setting, selections[index], tokens, row_stats, index, seeds, stop_ids, shared
+        )
+        for index, setting in enumerate(settings)
+    ]
+    return [results[order.index(index)] for index in range(len(order))]
+
+
+def _compress_copies(
+    model: PreTrainedModel,
+    state: KVState,
+    captured: Captured,
+    settings: Sequence[Setting],
+    share: bool,
+    rows: torch.Tensor,
+    decode_needs: set,
+) -> tuple[KVState, list[list[Selection]], list]:
+    """One cache row per (setting, prompt), and the per-entry signals of rows compressed while decoding."""
+    with torch.inference_mode():
+        rows_state, selections = compress_settings(state, captured, settings, share)
+        layers = []
+        if any(setting.decode is not None for setting in settings):  # entries are tracked
+            indices = combine_groups(selections)[0]
+            query_heads = model.config.get_text_config(decoder=True).num_attention_heads
+            layers = entries_from_prefill(captured, rows, indices, decode_needs, query_heads)
+    return rows_state, selections, layers
+
+
+def _read_questions(
+    model: PreTrainedModel,
+    rows_state: KVState,
+    tracker: DecodeTracker,
+    batch: Sequence[Tokenized],
+    positions: torch.Tensor,
+    last_logits: torch.Tensor,
+    copies: int,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first decoding logits, next positions and prompt lengths of every row.
+
+    Without questions these are the prefill's last logits; with them (``compress="context_only"``) the
+    question tokens are fed after compression and their entries kept uncompressed (untracked)."""
+    if not any(item.question for item in batch):
+        return last_logits.repeat(copies, 1), positions, positions.clone()
+    device = positions.device
+    question_ids, question_valid = left_pad([item.question for item in batch], pad_id, device)
+    question_ids, question_valid = question_ids.repeat(copies, 1), question_valid.repeat(copies, 1)
+    question_positions = (positions[:, None] + question_valid.long().cumsum(dim=-1) - 1).clamp_min(0)
+    logits = forward_tokens(model, rows_state, question_ids, question_positions, question_valid)
+    tracker.append_untracked(question_positions)
+    positions = positions + question_valid.sum(dim=-1)
+    return logits, positions, positions.clone()
+
+
+def _completions(
+    tokenizer: PreTrainedTokenizerBase,
+    batch: Sequence[Tokenized],
+    setting: Setting,
+    selections: Sequence[Selection],
+    tokens: Sequence[list[int]],
+    row_stats: Sequence,
+    index: int,
+    seeds: Sequence[int],
+    stop_ids: Sequence[int],
+    shared: dict,
+) -> list[Completion]:
+    """The completions of setting number ``index``: its rows ``index · B`` … ``index · B + B − 1``."""
+    completions = []
+    for row, item in enumerate(batch):
+        flat = index * len(batch) + row
+        generated = tokens[flat]
+        ids = _trim(generated, stop_ids)
+        kept = [int(selection.valid[row].sum()) for selection in selections]
+        stats = {
+            "prompt_tokens": len(item.context) + len(item.question),
+            "context_tokens": len(item.context),
+            "kept_tokens": kept,
+            "new_tokens": len(ids),
+            "generated_tokens": len(generated),
+            "seconds_per_token": row_stats[flat].seconds / max(1, len(generated)),
+            "setting": setting.label(),
+            "seed": seeds[row],
+            **row_stats[flat].as_dict(),
+            **shared,
+        }
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        completions.append(Completion(text, ids, setting.method.name, setting.budget.label(), stats))
+    return completions
+
+
+def widest_first(kept: Sequence[int]) -> list[int]:
+    """Setting indices by decreasing kept entries (:func:`kept_entries`), so decoding rows of similar
+    width are adjacent and attention can skip the filler of narrow rows in groups
+    (:func:`infokv.hf.hooks._row_groups`)."""
+    return sorted(range(len(kept)), key=lambda index: -kept[index])
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    method: str | Method,
+    budget: float | int | str | Budget,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | Sequence[int] = 0,
+    decode_method: str | Method | None = None,
+    decode_ratio: float = 0.25,
+    **options: object,
+) -> list[Completion]:
+    """Completions of ``prompts`` with one prefill method and budget, optionally compressing while decoding.
+
+    ``decode_method`` compresses the generated cache to ``decode_ratio`` every ``compress_every``
+    tokens (see :func:`generate_sweep` for the other options).
+    """
+    spec = (method, budget) if decode_method is None else (method, budget, decode_method, decode_ratio)
+    return generate_sweep(
+        model, tokenizer, prompts, [spec], max_new_tokens, temperature, top_p, seed, **options
+    )[0]
+
+
+def compress(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    method: str | Method,
+    budget: float | int | str | Budget,
+    attention_mask: torch.Tensor | None = None,
+    prefill_chunk: int = 4096,
+) -> tuple[KVState, list[torch.Tensor]]:
+    """Prefill ``input_ids`` (B, T), compress, and return the cache and the kept positions.
+
+    Kept positions are one (B, H_kv, K_l) integer tensor per layer: indices into ``input_ids``,
+    −1 for masked filler (rows keeping fewer tokens than the longest row).
+    """
+    setting = Setting.build(method, budget)
+    check_model(model)
+    input_ids = torch.as_tensor(input_ids, device=model.device)
+    check_input_ids(model, input_ids)
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; expected {tuple(input_ids.shape)} "
+            "like input_ids"
+        )
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    state, captured, _ = prefill(
+        model, input_ids, valid.to(input_ids.device), setting.method.requirements(), prefill_chunk
+    )
+    with torch.inference_mode():
+        compressed, selections = compress_settings(state, captured, [setting])
+    kept = [
+        torch.where(s.valid[:, None, :], s.indices, torch.full_like(s.indices, -1)) for s in selections[0]
+    ]
+    return compressed, kept

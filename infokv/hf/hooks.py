@@ -1,0 +1,396 @@
+"""Hooks into a transformers model: our attention function and forward hooks on decoder layers.
+
+Together with :mod:`infokv.hf.cache` this is the only code that knows transformers internals.
+While a :class:`ForwardContext` is active, the model's attention runs through
+:func:`infokv_attention`, which
+
+* builds its mask from the :class:`~infokv.hf.cache.KVState` validity masks (left padding, filler
+  entries of shorter rows, per-layer cache lengths) and the causal order of the new queries, so
+  a compressed cache of any per-layer length can be attended with explicit positions, and
+* hands the post-RoPE queries and the keys to a capture callback, so attention-based signals
+  are recomputed for the few queries that need them instead of asking for ``eager`` weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
+from transformers import AttentionInterface, PreTrainedModel
+
+from infokv.hf.cache import KVState
+from infokv.kernels import causal_attention, decode_attention
+from infokv.kernels.prefix import ValidPrefix, valid_prefix
+
+ATTENTION_NAME = "infokv"
+SUPPORTED_ATTENTION = ("sdpa", "flash_attention_2")
+
+AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None]
+AttentionReplacement = Callable[
+    [int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor
+]
+
+
+@dataclass
+class ForwardContext:
+    """What our attention function needs to know during one forward pass."""
+
+    state: KVState
+    on_attention: AttentionCallback | None = None
+    backend: str = "sdpa"
+    attend: AttentionReplacement | None = None
+    """Computes the attention output itself (B, H_q, q, d), e.g. to reuse its probabilities."""
+
+
+_ACTIVE: contextvars.ContextVar[ForwardContext | None] = contextvars.ContextVar(
+    "infokv_forward", default=None
+)
+
+
+def check_attention_implementation(model: PreTrainedModel) -> str:
+    """The model's attention implementation, or a one-line error if we cannot score with it."""
+    implementation = model.config._attn_implementation
+    if implementation == ATTENTION_NAME:
+        return "sdpa"
+    if implementation not in SUPPORTED_ATTENTION:
+        raise ValueError(
+            f"attention implementation {implementation!r} is not supported; load the model with "
+            f"attn_implementation in {SUPPORTED_ATTENTION}"
+        )
+    return implementation
+
+
+def check_full_attention_layers(model: PreTrainedModel) -> None:
+    """Reject models with sliding-window or linear-attention layers, whose caches we do not compress yet."""
+    text_config = model.config.get_text_config(decoder=True)
+    layer_types = getattr(text_config, "layer_types", None) or []
+    other = sorted({kind for kind in layer_types if kind != "full_attention"})
+    if other:
+        raise ValueError(f"model has layer types {other}; only 'full_attention' layers are supported")
+
+
+def attention_mask_for(
+    valid: torch.Tensor | None, queries: int, keys: int, device: torch.device
+) -> torch.Tensor:
+    """Boolean (B or 1, 1, q, k) mask: query j sits at key index k - q + j and sees valid keys up to itself.
+
+    A query always sees itself, so padding queries never produce an all-masked row (NaN).
+    """
+    query_index = torch.arange(keys - queries, keys, device=device)[:, None]
+    key_index = torch.arange(keys, device=device)[None, :]
+    causal = key_index <= query_index
+    if valid is None:
+        return causal[None, None]
+    return ((causal[None] & valid[:, None, :]) | (key_index == query_index)[None])[:, None]
+
+
+def _repeat_heads(states: torch.Tensor, repeats: int) -> torch.Tensor:
+    return states if repeats == 1 else states.repeat_interleave(repeats, dim=1)
+
+
+def _single_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """One decoding query per row: the query heads of a GQA group become that KV head's queries,
+    so keys and values are attended in place instead of being copied per query head."""
+    batch, query_heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
+    if valid is None or query.is_cuda:
+        # On CUDA the spans' host read (.tolist) would stall the launch queue at every layer of every
+        # step; the masked full-width kernel is cheap there. The grouping pays off on CPU.
+        mask = None if valid is None else valid[:, None, None, :]
+        output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
+        return output.reshape(batch, query_heads, 1, dim)
+    outputs = []
+    for rows, first in _row_groups(valid):
+        outputs.append(
+            F.scaled_dot_product_attention(
+                grouped[rows],
+                key[rows, :, first:],
+                value[rows, :, first:],
+                attn_mask=valid[rows, None, None, first:],
+                scale=scaling,
+            )
+        )
+    return torch.cat(outputs).reshape(batch, query_heads, 1, dim)
+
+
+ROW_GROUP_SLACK = 1.25
+"""Rows attended together may differ in span by this factor (wasted work vs. one more kernel call)."""
+
+
+def _row_groups(valid: torch.Tensor) -> list[tuple[slice, int]]:
+    """Contiguous runs of rows with similar spans, and the first key index each run must attend.
+
+    A row's span starts at its first valid entry: the filler of a compressed cache sits in front
+    (:func:`infokv.methods.selection.combine_groups`), so rows that keep few tokens skip most of a cache
+    padded to the widest row (a full-cache row of a sweep). Masked keys get zero weight, so
+    dropping them leaves the output unchanged.
+    """
+    keys = valid.shape[-1]
+    spans = (keys - valid.int().argmax(dim=-1)).tolist()
+    groups, start, low, high = [], 0, spans[0], spans[0]
+    for row in range(1, len(spans)):
+        low, high = min(low, spans[row]), max(high, spans[row])
+        if high > ROW_GROUP_SLACK * low:
+            groups.append((slice(start, row), keys - max(spans[start:row])))
+            start, low, high = row, spans[row], spans[row]
+    groups.append((slice(start, len(spans)), keys - max(spans[start:])))
+    return groups
+
+
+def _flash_attention(module, query, key, value, scaling, backend, **kwargs) -> torch.Tensor:
+    """(B, q, H_q, d) flash output. Calls the private helper, not ``flash_attention_forward``, because
+    the latter resolves the kernel from ``module.config._attn_implementation``, which is ``infokv`` here."""
+    from transformers.modeling_flash_attention_utils import _flash_attention_forward
+
+    kwargs.pop("sliding_window", None)  # only full-attention layers are accepted
+    return _flash_attention_forward(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        None,
+        query_length=query.shape[2],
+        is_causal=module.is_causal,
+        softmax_scale=scaling,
+        attn_implementation=backend,
+        **kwargs,
+    )
+
+
+def infokv_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention of (B, H_q, q, d) queries over (B, H_kv, k, d) keys with masks from the active context."""
+    context = _ACTIVE.get()
+    if context is None:
+        raise RuntimeError("infokv attention called outside of an infokv forward context")
+    layer = module.layer_idx
+    valid = context.state.valid[layer]
+    queries, keys = query.shape[2], key.shape[2]
+    if valid is not None and valid.shape[-1] != keys:
+        raise RuntimeError(f"layer {layer}: validity mask covers {valid.shape[-1]} entries, cache has {keys}")
+    if context.on_attention is not None:
+        context.on_attention(layer, query, key, valid)
+    if context.attend is not None:
+        output = context.attend(layer, query, key, value, valid, scaling)
+        return output.transpose(1, 2).contiguous(), None
+    shared = context.state.shared
+    if shared is not None:  # a sweep's rows over one prompt cache, plus what each generated
+        if queries != 1:
+            raise RuntimeError(f"a shared prompt cache is attended one query per row, not {queries}")
+        prompt = shared.attend(layer, query, scaling)
+        output = decode_attention.shared_and_recent_attention(query, prompt, key, value, valid, scaling)
+        return output.transpose(1, 2).contiguous(), None
+    trivial_mask = valid is None and (queries == 1 or queries == keys)
+    if trivial_mask and context.backend == "flash_attention_2":
+        return _flash_attention(module, query, key, value, scaling, context.backend, **kwargs), None
+    if queries == 1:
+        output = _step_attention(query, key, value, valid, context.state.valid_prefix(layer), scaling)
+    elif query.is_cuda:
+        output = _chunk_attention_cuda(query, key, value, valid, scaling)
+    else:
+        output = _chunk_attention_cpu(query, key, value, valid, scaling)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _step_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor | None,
+    prefix: ValidPrefix | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """One decoding query per row: a fixed-shape (CUDA-graph) step attends its valid prefix without a
+    mask; an unmasked CUDA step uses sdpa's GQA kernel; any other step groups query heads per KV head."""
+    if prefix is not None:
+        return decode_attention.prefix_and_recent_attention(query, key, value, valid, prefix, scaling)
+    if valid is None and query.is_cuda:
+        repeats = query.shape[1] // key.shape[1]
+        return F.scaled_dot_product_attention(query, key, value, scale=scaling, enable_gqa=repeats > 1)
+    return _single_query_attention(query, key, value, valid, scaling)
+
+
+def _chunk_attention_cuda(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Causal attention of a chunk of queries on CUDA: the fused causal kernel for unmasked half-precision
+    chunks, sdpa's GQA kernel with a lower-right causal mask for other unmasked ones, else a full mask."""
+    queries, keys = query.shape[2], key.shape[2]
+    repeats = query.shape[1] // key.shape[1]
+    if valid is None and causal_attention.available(query):
+        return causal_attention.lower_right_causal_attention(query, key, value, scaling)[0]
+    if valid is None:
+        causal = {"is_causal": True} if queries == keys else {"attn_mask": causal_lower_right(queries, keys)}
+        return F.scaled_dot_product_attention(
+            query, key, value, scale=scaling, enable_gqa=repeats > 1, **causal
+        )
+    return _masked_attention(query, key, value, valid, scaling)
+
+
+def _chunk_attention_cpu(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    valid: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Causal attention of a chunk of queries on CPU: unmasked when queries and keys coincide, each group
+    of left-padded rows over its valid keys where the valid entries allow it, else a full mask."""
+    queries, keys = query.shape[2], key.shape[2]
+    repeats = query.shape[1] // key.shape[1]
+    if valid is None and queries == keys:
+        return F.scaled_dot_product_attention(
+            query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), is_causal=True, scale=scaling
+        )
+    groups = valid_prefix(valid, len(query), keys)
+    if groups is not None:
+        return _left_padded_attention(query, key, value, groups, scaling)
+    return _masked_attention(query, key, value, valid, scaling)
+
+
+def _masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float | None
+) -> torch.Tensor:
+    """Attention under the full (q × k) mask of :func:`attention_mask_for`."""
+    queries, keys = query.shape[2], key.shape[2]
+    repeats = query.shape[1] // key.shape[1]
+    mask = attention_mask_for(valid, queries, keys, query.device)
+    return F.scaled_dot_product_attention(
+        query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
+    )
+
+
+def _left_padded_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: ValidPrefix, scaling: float | None
+) -> torch.Tensor:
+    """Causal attention (B, H_q, q, d) of the last q of the k keys, each group of left-padded rows over its
+    valid keys only, without a mask where its valid queries and keys coincide. On CPU a (q × k) mask sends
+    every row to a masked kernel that also works through the padding. Padding queries get 0."""
+    repeats = query.shape[1] // key.shape[1]
+    first = key.shape[2] - query.shape[2]
+    output = query.new_zeros(query.shape)
+    for rows, start in prefix.groups:
+        skip = max(0, start - first)
+        queries, keys = query.shape[2] - skip, key.shape[2] - start
+        mask = None if queries == keys else attention_mask_for(None, queries, keys, query.device)
+        output[rows, :, skip:] = F.scaled_dot_product_attention(
+            query[rows, :, skip:],
+            _repeat_heads(key[rows, :, start:], repeats),
+            _repeat_heads(value[rows, :, start:], repeats),
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=scaling,
+        )
+    return output
+
+
+AttentionInterface.register(ATTENTION_NAME, infokv_attention)
+
+
+@contextlib.contextmanager
+def forward_context(model: PreTrainedModel, context: ForwardContext) -> Iterator[None]:
+    """Run the model's attention through :func:`infokv_attention` with ``context`` for the duration."""
+    config = model.config
+    previous = config._attn_implementation
+    context.backend = check_attention_implementation(model)
+    config._attn_implementation = ATTENTION_NAME
+    token = _ACTIVE.set(context)
+    try:
+        with _without_cudnn_attention(model.device):
+            yield
+    finally:
+        _ACTIVE.reset(token)
+        config._attn_implementation = previous
+
+
+def _without_cudnn_attention(device: torch.device) -> contextlib.AbstractContextManager:
+    """On CUDA, keep sdpa off its cuDNN backend: cuDNN builds an execution plan for every new key length,
+    and decoding (keys grow by one per step; PyramidKV has a different length in every layer) meets a new
+    length at every call. Flash and memory-efficient kernels need no per-shape set-up."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The decoder layers of a causal LM (``model.model.layers`` for Llama, Qwen2, ...)."""
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no decoder layers at base_model.layers")
+    return layers
+
+
+@contextlib.contextmanager
+def layer_output_hooks(
+    model: PreTrainedModel, callback: Callable[[int, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call ``callback(layer, residual_stream)`` with each decoder layer's output (B, q, hidden)."""
+
+    def make_hook(index: int):
+        def hook(module: nn.Module, args, output) -> None:
+            callback(index, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(decoder_layers(model))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def prerope_query_hooks(
+    model: PreTrainedModel, callback: Callable[[int, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call ``callback(layer, queries)`` with each layer's pre-RoPE queries (B, q, H_q, d).
+
+    The hook sits on ``q_norm`` when the architecture normalises queries (Qwen3, Gemma3), else on ``q_proj``.
+    """
+    text_config = model.config.get_text_config(decoder=True)
+    head_dim = (
+        getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    )
+
+    def make_hook(index: int):
+        def hook(module: nn.Module, args, output: torch.Tensor) -> None:
+            callback(index, output.reshape(*output.shape[:2], -1, head_dim))
+
+        return hook
+
+    handles = []
+    for index, layer in enumerate(decoder_layers(model)):
+        attention = layer.self_attn
+        target = getattr(attention, "q_norm", None) or attention.q_proj
+        handles.append(target.register_forward_hook(make_hook(index)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,5 @@
+"""Attention kernels: causal, single-query decoding and fused attention with signal capture.
+
+Plain tensor functions chosen by device and shape (:mod:`~infokv.kernels.prefix` says which rows can be
+attended without a mask). This is the bottom layer: it imports nothing else of infokv.
+"""

@@ -222,6 +222,8 @@ import sys, time
 from pathlib import Path
 from hydra import compose, initialize_config_dir
 import infokv.eval.runner as experiment
+from infokv.eval.configs import register_configs
+register_configs()
 
 conf, log, ready, others, *overrides = sys.argv[1:]
 generate = experiment.generate_sweep

@@ -191,6 +191,20 @@ class Progress:
         return generated == max_new_tokens or bool(self.done.all())
 
 
+@dataclass
+class DecodeRun:
+    """What both decoding loops work with: the model, the batch and its signal tracker, each group's
+    compression, whether entries are tracked, and the progress so far."""
+
+    model: PreTrainedModel
+    batch: DecodeBatch
+    tracker: DecodeTracker
+    compressions: Sequence[DecodeCompression | None]
+    max_new_tokens: int
+    tracked: bool
+    progress: Progress
+
+
 def decode(
     model: PreTrainedModel,
     batch: DecodeBatch,
@@ -227,7 +241,8 @@ def decode(
             hooks.enter_context(layer_output_hooks(model, tracker.on_layer_output))
         if tracker.query_statistics:
             hooks.enter_context(prerope_query_hooks(model, tracker.on_queries))
-        loop(model, batch, tracker, compressions, logits, max_new_tokens, sampler, progress, tracked)
+        run = DecodeRun(model, batch, tracker, compressions, max_new_tokens, tracked, progress)
+        loop(run, logits, sampler)
     if not tracked:
         for row in range(rows):  # every token but the last was fed, and nothing was evicted
             progress.stats[row].final_entries += len(progress.tokens[row]) - 1
@@ -239,25 +254,16 @@ def decode(
     return progress.tokens, progress.stats
 
 
-def _eager_loop(
-    model: PreTrainedModel,
-    batch: DecodeBatch,
-    tracker: DecodeTracker,
-    compressions: Sequence[DecodeCompression | None],
-    logits: torch.Tensor,
-    max_new_tokens: int,
-    sampler: Sampler,
-    progress: Progress,
-    tracked: bool,
-) -> None:
+def _eager_loop(run: DecodeRun, logits: torch.Tensor, sampler: Sampler) -> None:
     """One forward call per step; once half the rows are done, the finished rows leave the batch."""
+    model, batch, tracker, progress = run.model, run.batch, run.tracker, run.progress
     to_logits = LogitHead.of(model)
     rotary = rotary_function(model)
     on_attention = tracker.on_attention if tracker.needs_attention else None
-    for generated in range(1, max_new_tokens + 1):
+    for generated in range(1, run.max_new_tokens + 1):
         token = sampler(logits)
         progress.take(batch, token)
-        if progress.finished(generated, max_new_tokens):
+        if progress.finished(generated, run.max_new_tokens):
             return
         if 2 * int(progress.done.sum()) >= len(progress.done):
             keep = ~progress.done
@@ -265,54 +271,44 @@ def _eager_loop(
             token, logits, progress.done = token[keep], logits[keep], progress.done[keep]
             batch.keep_rows(keep)
             tracker.layers = batch.layers
-        producing = sampler.distribution(logits) if tracked else None
+        producing = sampler.distribution(logits) if run.tracked else None
         positions = batch.positions[:, None]
         hidden = forward_hidden(model, batch.state, token[:, None], positions, None, on_attention)
         logits = to_logits(hidden[:, -1]).float()
-        if tracked:
+        if run.tracked:
             tracker.append(batch.positions, producing, logits)
         batch.positions = batch.positions + 1
-        if tracked:
+        if run.tracked:
             _record_entries(batch, progress.stats, progress.done)
-            _maybe_compress(batch, tracker, compressions, generated, progress.stats, rotary, progress.done)
+            _maybe_compress(run, generated, rotary)
 
 
-def _graphed_loop(
-    model: PreTrainedModel,
-    batch: DecodeBatch,
-    tracker: DecodeTracker,
-    compressions: Sequence[DecodeCompression | None],
-    logits: torch.Tensor,
-    max_new_tokens: int,
-    sampler: Sampler,
-    progress: Progress,
-    tracked: bool,
-) -> None:
+def _graphed_loop(run: DecodeRun, logits: torch.Tensor, sampler: Sampler) -> None:
     """Steps replayed from a captured CUDA graph over a fixed-shape cache, recaptured after each
     compression or every :data:`GRAPH_STEPS` steps. Rows never leave the batch: a finished row idles until
     every row is done."""
+    model, batch, tracker, progress = run.model, run.batch, run.tracker, run.progress
     rotary = rotary_function(model)
     graphed, held = None, []
-    for generated in range(1, max_new_tokens + 1):
+    for generated in range(1, run.max_new_tokens + 1):
         token = sampler(logits)
         progress.take(batch, token)
-        if progress.finished(generated, max_new_tokens):
+        if progress.finished(generated, run.max_new_tokens):
             break
         if graphed is None or graphed.done == graphed.steps:
             if graphed is not None:
                 batch.state = graphed.release()
-            steps = min(max_new_tokens - generated, _steps_to_compression(compressions, generated))
-            graphed, held = _fixed_shape_decoder(model, batch, tracker if tracked else None, steps, logits)
-        producing = sampler.distribution(logits) if tracked else None
+            steps = min(run.max_new_tokens - generated, _steps_to_compression(run.compressions, generated))
+            recorder = tracker if run.tracked else None
+            graphed, held = _fixed_shape_decoder(model, batch, recorder, steps, logits)
+        producing = sampler.distribution(logits) if run.tracked else None
         logits = graphed(token, producing)
         batch.positions = batch.positions + 1
-        if tracked:
+        if run.tracked:
             _record_counts(batch, progress.stats, [count + graphed.done for count in held], progress.done)
-            if _due(batch, compressions, generated):
+            if _due(batch, run.compressions, generated):
                 batch.state, graphed = graphed.release(), None
-                _maybe_compress(
-                    batch, tracker, compressions, generated, progress.stats, rotary, progress.done
-                )
+                _maybe_compress(run, generated, rotary)
     if graphed is not None:
         batch.state = graphed.release()
 
@@ -381,15 +377,10 @@ def _due(
     ]
 
 
-def _maybe_compress(
-    batch: DecodeBatch,
-    tracker: DecodeTracker,
-    compressions: Sequence[DecodeCompression | None],
-    generated: int,
-    stats: list[RowStats],
-    rotary,
-    done: torch.Tensor,
-) -> None:
+def _maybe_compress(run: DecodeRun, generated: int, rotary) -> None:
+    """Compress the groups due after step ``generated``, and record each compressed row's event."""
+    batch, tracker, compressions = run.batch, run.tracker, run.compressions
+    stats, done = run.progress.stats, run.progress.done
     due = _due(batch, compressions, generated)
     if not due:
         return

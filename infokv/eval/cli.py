@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from infokv.eval.configs import register_configs
 from infokv.eval.host_memory import keep_freed_memory
 from infokv.eval.runner import run_job, summarise
 from infokv.eval.store import unique_records
@@ -34,6 +35,7 @@ RUN_POINTER = "run_directory.txt"  # written into each job's Hydra output folder
 # The package's conf/ as an absolute path: Hydra resolves a relative one against the module's package
 # when the console script imports it, and would not find the folder beside the package.
 CONF = Path(__file__).resolve().parent.parent / "conf"
+register_configs()  # the method group, before Hydra composes the first job
 
 
 def print_table(title: str, table: pd.DataFrame) -> None:

@@ -30,6 +30,8 @@ from infokv.kernels import causal_attention, decode_attention
 from infokv.kernels.prefix import ValidPrefix, valid_prefix
 
 ATTENTION_NAME = "infokv"
+Scaling = float | None
+"""The softmax scale of attention (None: 1/√d)."""
 SUPPORTED_ATTENTION = ("sdpa", "flash_attention_2")
 
 AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None]
@@ -232,11 +234,7 @@ def _step_attention(
 
 
 def _chunk_attention_cuda(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    valid: torch.Tensor | None,
-    scaling: float | None,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor | None, scaling: Scaling
 ) -> torch.Tensor:
     """Causal attention of a chunk of queries on CUDA: the fused causal kernel for unmasked half-precision
     chunks, sdpa's GQA kernel with a lower-right causal mask for other unmasked ones, else a full mask."""
@@ -253,11 +251,7 @@ def _chunk_attention_cuda(
 
 
 def _chunk_attention_cpu(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    valid: torch.Tensor | None,
-    scaling: float | None,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor | None, scaling: Scaling
 ) -> torch.Tensor:
     """Causal attention of a chunk of queries on CPU: unmasked when queries and keys coincide, each group
     of left-padded rows over its valid keys where the valid entries allow it, else a full mask."""

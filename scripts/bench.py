@@ -17,6 +17,13 @@ Parts (``--parts``; all by default):
   for entropy]) / matrix rate), ratio to the full-cache prefill, peak GPU memory (floor: weights
   + full cache), signal memory (peak of the method's prefill − peak of the full prefill), KV bytes
   after compression (floor: kept tokens × bytes per token).
+* ``plain``: the reference prefill: one plain transformers forward of the same model over the whole
+  prompt (the model's own sdpa attention, ``logits_to_keep=1``, the cache returned; no chunks, no
+  hooks), median of ``--repeats`` after a warm-up, and its peak GPU memory above the weights. Our
+  chunked full prefill is timed beside it where the ``prefill`` part did not run. Every prefill
+  + compression time and peak memory of the call is also reported over it
+  (``ratio_to_plain_forward``, ``peak_memory_ratio_to_plain_forward``); a length where it runs out of
+  memory gets an ``out_of_memory`` row.
 * ``decode``: greedy steps through the engine's decoding step
   (:class:`infokv.engine.graphed_decode.GraphedDecoder`,
   the captured CUDA graph that ``decoding.decode`` replays) on each
@@ -32,14 +39,16 @@ Parts (``--parts``; all by default):
   separate process with their own transformers (``scripts/bench_kvpress.py``; wheels from
   ``make bench-wheels``, installed with pip into ``--kvpress-site``).
 
-Writes ``--csv`` (long form: method, budget, prompt_tokens, batch, metric, value, unit, floor) and
-the figure ``--figure``; ``--plot-only CSV...`` redraws the figure from CSVs of several runs.
-
-What the committed ``results/bench/gpu.csv`` holds, which calls made it and what it shows:
-``results/bench/README.md``.
+Writes ``--csv`` (long form: method, budget, prompt_tokens, batch, metric, value, unit, floor,
+call), records the call (command, commit, device, software) in ``--calls``, draws ``--figure`` and
+writes ``--readme`` from the two CSVs (``scripts/bench_readme.py``). With ``--merge`` the call's rows
+replace those of ``--csv`` that measure the same thing and the other rows stay, which is how the
+committed ``results/bench/gpu.csv`` joins calls (``scripts/bench_calls.py``). ``--plot-only CSV...``
+redraws the figure from CSVs of several runs.
 
     python scripts/bench.py                        # everything, about 15 min on an H200
     python scripts/bench.py --parts ceilings prefill decode --lengths 8192 32768
+    python scripts/bench.py --parts plain --lengths 8192 65536 --merge   # add the reference prefill
     python scripts/bench.py --quick                # every code path at small sizes, about 1 min
 """
 
@@ -52,10 +61,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
+import bench_calls
 import bench_common
 import torch
+import transformers
 from bench_common import Row
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -65,7 +77,14 @@ from infokv.engine.capture import prefill
 from infokv.engine.graphed_decode import GraphedDecoder
 from infokv.engine.sweep import Setting, compress_settings
 
-PARTS = ("ceilings", "prefill", "decode", "sweep", "scenario", "kvpress")
+PARTS = ("ceilings", "prefill", "plain", "decode", "sweep", "scenario", "kvpress")
+PLAIN = "plain_forward"
+"""Method name of the plain transformers forward's rows."""
+PLAIN_REFERENCES = {
+    "prefill_compress_seconds": ("prefill_seconds", "ratio_to_plain_forward"),
+    "peak_memory_bytes": ("peak_memory_bytes", "peak_memory_ratio_to_plain_forward"),
+}
+"""A row's metric -> (the plain forward's metric it is divided by, the ratio's metric)."""
 KVPRESS_METHODS = ("snapkv", "streamingllm", "pyramidkv", "expected_attention")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kvpress-site", type=Path, default=Path("/tmp/kvp"))
     parser.add_argument("--quick", action="store_true", help="every part at small sizes (a smoke test)")
     parser.add_argument("--csv", type=Path, default=ROOT / "results/bench/gpu.csv")
+    parser.add_argument(
+        "--merge", action="store_true", help="replace only the rows this call measures in --csv"
+    )
+    parser.add_argument("--calls", type=Path, default=ROOT / "results/bench/calls.csv")
+    parser.add_argument("--call", help="this call's id in the rows and --calls (default: the UTC start time)")
+    parser.add_argument("--commit", help="the code's commit (default: git's HEAD, + when the tree differs)")
     parser.add_argument("--figure", type=Path, default=ROOT / "results/figures/bench_gpu.png")
     parser.add_argument("--plot-only", type=Path, nargs="+", help="redraw the figure from these CSVs")
     args = parser.parse_args(argv)
@@ -115,10 +140,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Bench:
-    """The model, the device's ceilings and the rows measured so far."""
+    """The model, the device's ceilings, the rows measured so far and where they are written."""
 
-    def __init__(self, args: argparse.Namespace, ceilings: bench_common.Ceilings) -> None:
+    def __init__(
+        self, args: argparse.Namespace, ceilings: bench_common.Ceilings, ledger: bench_calls.Ledger
+    ) -> None:
         self.args = args
+        self.ledger = ledger
         self.ceilings = ceilings
         self.model = bench_common.build_model()
         self.config = self.model.config
@@ -130,6 +158,9 @@ class Bench:
         self.full_rate: dict[tuple[int, int], float] = {}
 
     def add(self, *rows: Row) -> None:
+        """Keep ``rows``, stamped with this call's id."""
+        for row in rows:
+            row.call = row.call or self.ledger.call.call
         self.rows.extend(rows)
 
     # floors
@@ -275,6 +306,43 @@ class Bench:
             self.add(Row(name, label, tokens, 1, "unchunked_prefill_compress_seconds", seconds, "s", floor))
             print(f"{name}@{label} T={tokens}: unchunked prefill + compress {seconds:.3f} s", flush=True)
         torch.cuda.empty_cache()
+
+    def plain_forward(self, tokens: int) -> None:
+        """One transformers forward over the whole prompt, as an unmodified Hugging Face prefill runs it:
+        the reference that our chunked prefill and every method's prefill + compression are held to."""
+        ids = bench_common.prompt_ids(tokens)
+
+        def run() -> None:
+            with torch.inference_mode():
+                self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            seconds, _ = bench_common.median_seconds(run, self.args.repeats)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            self.add(Row(PLAIN, "1", tokens, 1, "out_of_memory", 1.0, "count"))
+            print(f"plain forward T={tokens}: out of GPU memory", flush=True)
+            return
+        peak = torch.cuda.max_memory_allocated() - base
+        full_bytes = float(tokens * self.token_bytes)
+        self.add(
+            Row(PLAIN, "1", tokens, 1, "prefill_seconds", seconds, "s", self.prefill_floor(tokens, "full")),
+            Row(PLAIN, "1", tokens, 1, "peak_memory_bytes", peak, "B", full_bytes),
+        )
+        print(f"plain forward T={tokens}: {seconds:.3f} s, peak {peak / 2**30:.2f} GiB above the weights")
+        torch.cuda.empty_cache()
+
+    def measured(self) -> list[Row]:
+        """This call's rows and their ratios to the plain forward."""
+        return self.rows + plain_forward_ratios(self.rows)
+
+    def write(self) -> list[Row]:
+        """Write ``--csv`` and ``--calls`` as they stand (merged with ``--merge``); return all the rows."""
+        return self.ledger.write(self.measured())
 
     def decode(self, tokens: int, name: str, budget: float, batch: int, state, evicts: bool) -> None:
         row_bytes = state.nbytes()
@@ -442,7 +510,7 @@ class Bench:
                         "x",
                     )
                 )
-            bench_common.write_rows(args.csv, self.rows)  # a call cut short keeps the runs done
+            self.write()  # a call cut short keeps the runs done
             print(
                 f"scenario {name}: {new} tokens in {seconds[name]:.1f} s, "
                 f"{stats['compression_events']} compressions, peak {stats['peak_cache_entries']} entries",
@@ -536,7 +604,46 @@ def add_kvpress_floors(bench: Bench, rows: list[Row]) -> list[Row]:
     return rows + extra
 
 
+def plain_forward_ratios(rows: Sequence[Row]) -> list[Row]:
+    """Each prefill (+ compression) time and peak memory over the plain forward's of the same call and length:
+    r = x / x_plain, where x_plain is the plain forward's prefill seconds or peak memory bytes."""
+    plain = {(r.call, r.prompt_tokens, r.metric): r.value for r in rows if r.method == PLAIN}
+    ratios = []
+    for row in rows:
+        if row.method == PLAIN or row.metric not in PLAIN_REFERENCES:
+            continue
+        reference, metric = PLAIN_REFERENCES[row.metric]
+        value = plain.get((row.call, row.prompt_tokens, reference))
+        if value:
+            ratios.append(
+                Row(
+                    row.method,
+                    row.budget,
+                    row.prompt_tokens,
+                    row.batch,
+                    metric,
+                    row.value / value,
+                    "x",
+                    call=row.call,
+                )
+            )
+    return ratios
+
+
+def this_call(args: argparse.Namespace, argv: Sequence[str]) -> bench_calls.Call:
+    """This run's record in ``--calls``."""
+    return bench_calls.Call(
+        call=args.call or datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"),
+        commit=args.commit or bench_calls.current_commit(ROOT),
+        command=bench_calls.measuring_command(argv),
+        device=torch.cuda.get_device_name(),
+        software=f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{bench_common.attention_implementation()}",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.plot_only:
         plot(bench_common.read_rows(args.plot_only), args.figure)
@@ -544,12 +651,14 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("scripts/bench.py needs a CUDA GPU")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, parts {args.parts}", flush=True)
+    ledger = bench_calls.Ledger.open(args.csv, args.calls, this_call(args, argv), args.merge)
     kvpress_rows = []
     if "kvpress" in args.parts:  # first, while this process holds no model
         kvpress_rows = run_kvpress(args, args.csv.with_name(args.csv.stem + "_kvpress.csv"))
     ceilings = bench_common.measure_ceilings()
-    bench = Bench(args, ceilings)
-    bench.add(*bench_common.ceiling_rows(ceilings))
+    bench = Bench(args, ceilings, ledger)
+    if "ceilings" in args.parts:
+        bench.add(*bench_common.ceiling_rows(ceilings))
     print(
         f"matmul {ceilings.matmul_flops / 1e12:.0f} TFLOP/s, "
         f"copy {ceilings.copy_bytes_per_second / 1e9:.0f} GB/s",
@@ -564,7 +673,13 @@ def main(argv: list[str] | None = None) -> None:
                 except torch.cuda.OutOfMemoryError:  # 128K "where memory allows"
                     print(f"skip {name} T={tokens}: out of GPU memory", flush=True)
                     torch.cuda.empty_cache()
-            bench_common.write_rows(args.csv, bench.rows)  # a run cut short keeps the lengths done
+            bench.write()  # a run cut short keeps the lengths done
+    if "plain" in args.parts:
+        for tokens in args.lengths:
+            if tokens not in bench.full_prefill:
+                bench.prefill_and_decode(tokens, "full", ["prefill"])
+            bench.plain_forward(tokens)
+            bench.write()
     if "kvpress" in args.parts:
         for tokens in args.kvpress_lengths or args.lengths:
             if tokens not in bench.full_prefill:
@@ -573,13 +688,16 @@ def main(argv: list[str] | None = None) -> None:
         bench.add(*add_kvpress_floors(bench, kvpress_rows))
     if "sweep" in args.parts:
         bench.sweep()
-    bench_common.write_rows(args.csv, bench.rows)
+    bench.write()
     if "scenario" in args.parts:
         bench.scenario()
-    bench_common.write_rows(args.csv, bench.rows)
-    print(f"wrote {args.csv} ({len(bench.rows)} rows)", flush=True)
-    plot(bench.rows, args.figure)
-    for line in target_lines(bench.rows):
+    rows = bench.write()
+    print(
+        f"wrote {args.csv} ({len(bench.rows)} rows of call {ledger.call.call}, {len(rows)} in all)",
+        flush=True,
+    )
+    plot(rows, args.figure)
+    for line in target_lines(bench.measured()):
         print(line)
 
 
@@ -591,8 +709,15 @@ def _value(rows: list[Row], **match) -> float | None:
 
 
 def target_lines(rows: list[Row], tokens: int = 32768) -> list[str]:
-    """Issue 7's targets, measured (ratios from this run)."""
+    """Issue 7's and issue 22's targets, measured (each ratio within the call that measured its rows)."""
     lines = []
+
+    def worst(name: str, metric: str) -> float | None:
+        """The largest ``metric`` of method ``name`` at ``tokens`` over budgets."""
+        values = [
+            r.value for r in rows if r.method == name and r.prompt_tokens == tokens and r.metric == metric
+        ]
+        return max(values, default=None)
 
     def check(label: str, value: float | None, limit: float, at_most: bool = True) -> None:
         if value is None:
@@ -604,15 +729,21 @@ def target_lines(rows: list[Row], tokens: int = 32768) -> list[str]:
         )
 
     for name, limit in (("infokv", 1.10), ("snapkv", 1.05), ("h2o", 1.6)):
-        worst = max(
-            (
-                r.value
-                for r in rows
-                if r.method == name and r.prompt_tokens == tokens and r.metric == "ratio_to_full_prefill"
-            ),
-            default=None,
+        check(
+            f"{name} prefill+compress / full prefill at {tokens}", worst(name, "ratio_to_full_prefill"), limit
         )
-        check(f"{name} prefill+compress / full prefill at {tokens}", worst, limit)
+    check(f"full prefill / plain forward at {tokens}", worst("full", "ratio_to_plain_forward"), 1.0)
+    check(
+        f"full prefill peak memory / plain forward's at {tokens}",
+        worst("full", "peak_memory_ratio_to_plain_forward"),
+        1.0,
+    )
+    for name, limit in (("infokv", 1.10), ("snapkv", 1.03)):
+        check(
+            f"{name} prefill+compress / plain forward at {tokens}",
+            worst(name, "ratio_to_plain_forward"),
+            limit,
+        )
     memory = max(
         (
             r.value

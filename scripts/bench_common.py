@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-FIELDS = ("method", "budget", "prompt_tokens", "batch", "metric", "value", "unit", "floor")
+FIELDS = ("method", "budget", "prompt_tokens", "batch", "metric", "value", "unit", "floor", "call")
 SEED = 0
 PROMPT_VOCAB = 128000
 """Prompt ids are drawn below Llama-3's special tokens."""
@@ -25,7 +25,8 @@ PROMPT_VOCAB = 128000
 
 @dataclass
 class Row:
-    """One measured figure, in long form; ``floor`` is its physical bound where one is defined."""
+    """One measured figure, in long form; ``floor`` is its physical bound where one is defined, ``call`` the
+    run of ``scripts/bench.py`` that measured it (its command and commit: ``results/bench/calls.csv``)."""
 
     method: str
     budget: str
@@ -35,6 +36,7 @@ class Row:
     value: float
     unit: str
     floor: float | str = ""
+    call: str = ""
 
 
 def llama_8b_config() -> LlamaConfig:
@@ -206,6 +208,7 @@ def read_rows(paths: Iterable[Path]) -> list[Row]:
                         float(record["value"]),
                         record["unit"],
                         float(floor) if floor else "",
+                        record.get("call") or "",
                     )
                 )
     return rows

@@ -15,15 +15,25 @@ under Hydra.
 from __future__ import annotations
 
 import os
+import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from infokv.eval.configs import register_configs
 from infokv.eval.host_memory import keep_freed_memory
@@ -35,7 +45,9 @@ RUN_POINTER = "run_directory.txt"  # written into each job's Hydra output folder
 # The package's conf/ as an absolute path: Hydra resolves a relative one against the module's package
 # when the console script imports it, and would not find the folder beside the package.
 CONF = Path(__file__).resolve().parent.parent / "conf"
-register_configs()  # the method group, before Hydra composes the first job
+register_configs()  # the schemas and the method group, before Hydra composes the first job
+# The user's config folder of conf/config.yaml's search path is optional; Hydra warns where it is absent.
+warnings.filterwarnings("ignore", message="provider=hydra.searchpath in main, path=.* is not available")
 
 
 def print_table(title: str, table: pd.DataFrame) -> None:
@@ -69,33 +81,76 @@ def track(cfg: DictConfig, directory: Path, table: pd.DataFrame) -> None:
 
 
 # What a user's input can cause: a bad value or data file (ValueError, including DataError), a file or
-# disk problem (OSError: a corrupt weights file, a read-only or full disk), a config key that is missing
-# or cannot be resolved (OmegaConf's errors). Anything else is a bug and keeps its traceback.
-INPUT_ERRORS = (ValueError, OSError, OmegaConfBaseException)
+# disk problem (OSError: a corrupt weights file, a read-only or full disk), a config key that is missing,
+# of the wrong type or cannot be resolved (OmegaConf's errors), a config Hydra cannot compose. Anything
+# else is a bug and keeps its traceback.
+INPUT_ERRORS = (ValueError, OSError, OmegaConfBaseException, HydraException)
+# OmegaConf's words for the type a value could not be converted to, and what to tell the user instead
+KINDS = {"bool": "true or false", "Integer": "an integer", "Float": "a number", "str": "text"}
+ERROR_LINE = "infokv-run: error: {}"
+VERBOSE = re.compile(r"\+?verbose=(true|yes|on|1)", re.IGNORECASE)
+TRACEBACK = False  # the user asked for tracebacks (main() decides, before it lets Hydra re-raise)
 
 
-def one_line(error: BaseException) -> str:
-    """The first non-empty line of an error's message (OmegaConf adds ``full_key``/``object_type`` lines)."""
+def describe(error: BaseException) -> str:
+    """One line for a user's error: a value of the wrong type names its key, the value and the kind
+    wanted, as :func:`infokv.engine.config_values.reject` does; other errors give their first line, and
+    the options Hydra lists for a config it could not find."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ValidationError) and cause.full_key and cause.value is not None:
+            wanted = next((kind for word, kind in KINDS.items() if f" {word}" in str(cause)), None)
+            if wanted:
+                return f"{cause.full_key} {cause.value!r} is not allowed; use {wanted}"
+        if isinstance(cause, MissingMandatoryValue) and cause.full_key:
+            return f"{cause.full_key} has no value; give one, e.g. {cause.full_key}=<value>"
+        if isinstance(cause, ConfigKeyError | ConfigAttributeError) and cause.full_key:
+            return f"{cause.full_key} is not a configuration key (`infokv-run --cfg job` lists them)"
+        cause = cause.__cause__ or cause.__context__
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    if isinstance(error, MissingConfigException) and error.options:
+        return f"{lines[0]}; available: {', '.join(error.options)}"
+    return lines[0]
 
 
-def verbose(cfg: DictConfig) -> bool:
+def asked_for_traceback(arguments: list[str]) -> bool:
     """Whether the user asked for tracebacks: ``verbose=true`` or Hydra's ``HYDRA_FULL_ERROR=1``."""
-    return (
-        OmegaConf.select(cfg, "verbose", default=False) is True or os.environ.get("HYDRA_FULL_ERROR") == "1"
-    )
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or any(VERBOSE.fullmatch(arg) for arg in arguments)
+
+
+def main() -> None:
+    """The console script ``infokv-run``: Hydra composes the configuration and runs the job
+    (:func:`hydra_main`); bad input, in the configuration or found by the job, ends it with one line on
+    stderr and exit status 1, unless the user asked for the traceback."""
+    global TRACEBACK
+    TRACEBACK = asked_for_traceback(sys.argv[1:])
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises what it would print; this function reports it
+    try:
+        hydra_main()
+    except INPUT_ERRORS as error:
+        if TRACEBACK:
+            raise
+        raise SystemExit(ERROR_LINE.format(describe(error))) from None
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
 
 
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    """Run one job; bad input ends it with one line on stderr and exit status 1, no traceback."""
+def hydra_main(cfg: DictConfig) -> None:
+    """Run one job of the composed configuration; bad input ends it here, in one line, so that Hydra
+    does not log the failed job (a multirun stops at it)."""
     try:
         run(cfg)
     except INPUT_ERRORS as error:
-        if verbose(cfg):
+        if cfg.verbose or TRACEBACK:
             raise
-        raise SystemExit(f"infokv-run: error: {one_line(error)}") from None
+        raise SystemExit(ERROR_LINE.format(describe(error))) from None
 
 
 def run(cfg: DictConfig) -> None:

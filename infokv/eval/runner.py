@@ -19,6 +19,7 @@ answer, score, metrics and engine statistics; a rerun of the same configuration 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import importlib.util
@@ -26,6 +27,7 @@ import inspect
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -38,34 +40,55 @@ from typing import Any
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 from tqdm.auto import tqdm
 
 from infokv import methods
-from infokv.engine.config_values import boolean, choice, integer, like, number, optional_integer, text
+from infokv.engine.config_values import choice, integer, number, optional_integer, reject, text
 from infokv.engine.sweep import COMPRESS_MODES, Setting, build_settings, generate_sweep
 from infokv.eval import benchmarks
+from infokv.eval.configs import method_schema, options_schema, typed
 from infokv.eval.store import RunStore, records_frame, unique_records
 from infokv.eval.tracking import check_mode
 from infokv.hf.hooks import SUPPORTED_ATTENTION
-from infokv.hf.models import check_device, context_length, load_tokenizer, load_weights
+from infokv.hf.models import _HUB_ID, check_device, context_length, load_tokenizer, load_weights
 from infokv.methods.base import Method
 
 SCENARIOS = ("prefill", "decode")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LABEL = re.compile(r"[A-Za-z0-9_.-]+")  # a method's or model's label: part of a file name
 # Config sections that say what is computed; the rest (paths, launcher, W&B, progress, batch size,
 # shard, sample limit) says how or how much, so reruns that change it resume the same run.
-IDENTITY_KEYS = ("model", "benchmark", "scenario", "method", "budget", "cot", "seed", "max_new_tokens")
+IDENTITY_KEYS = ("model", "benchmark", "scenario", "methods", "budget", "cot", "seed", "max_new_tokens")
 SAMPLE_COUNT_KEYS = ("limit",)
 # errno values of a write that failed for the storage's sake, not the program's
 STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 
 @dataclass(frozen=True)
-class Job:
-    """What a configuration asks for, checked."""
+class JobSetting:
+    """One setting of a job: the label of the method entry it comes from, and the engine's setting."""
 
-    method: Method
-    settings: tuple[Setting, ...]
+    method: str
+    setting: Setting
+
+    def label(self) -> str:
+        """The record's ``setting``: the engine's label, prefixed by the entry's label where a variant of
+        a method (``infokv_a08``) has a label other than the method's name."""
+        engine = self.setting.label()
+        if self.setting.decode is not None:
+            named = self.setting.decode.method.name
+        else:
+            named = self.setting.method.name
+        return engine if self.method == named else f"{self.method}:{engine}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a configuration asks for, checked: the methods by label, and every (method, budget)."""
+
+    methods: dict[str, Method]
+    settings: tuple[JobSetting, ...]
     benchmark: ModuleType
 
 
@@ -76,32 +99,59 @@ def _budgets(value: Any) -> tuple[Any, ...]:
     return items
 
 
+def check_methods(node: DictConfig | None, scenario: str) -> dict[str, Method]:
+    """The job's methods by label: each entry ``{name, <parameter>: <value>}`` typed against its method's
+    schema (:func:`infokv.eval.configs.method_schema`), then built, so a range its dataclass refuses is
+    also one line."""
+    entries = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    if not entries:
+        raise ValueError("methods is empty; choose one with method=<name> or several with method=[a,b]")
+    chosen = {}
+    for label, entry in entries.items():
+        key = f"methods.{label}"
+        if not LABEL.fullmatch(str(label)):
+            reject(key, label, "a label of letters, digits, '_', '-' and '.'")
+        if not isinstance(entry, dict) or "name" not in entry:
+            reject(key, entry, "a method entry {name: <method>, <parameter>: <value>}")
+        name = entry["name"]
+        method = methods.get(name)  # an unknown method is one line here
+        unknown = sorted(set(entry) - {"name"} - set(method.params() if method.evicts else {}))
+        if unknown:
+            allowed = ", ".join(method.params()) if method.evicts else "none"
+            raise ValueError(f"{key}: method {name!r} has no parameter {unknown[0]}; allowed: {allowed}")
+        params = OmegaConf.to_container(typed(method_schema(name), entry), resolve=True)
+        params.pop("name")
+        chosen[str(label)] = methods.get_for_phase(methods.get(name, **params), scenario)
+    return chosen
+
+
 def check_job(cfg: DictConfig) -> Job:
     """Everything the configuration asks for, checked before any model work (one-line errors)."""
     scenario = choice("scenario.name", cfg.scenario.name, SCENARIOS)
     check_values(cfg)
-    params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
-    defaults = methods.get(cfg.method.name).params()  # a wrong type fails here, not in a comparison
-    for key in params.keys() & defaults.keys():
-        like(f"method.params.{key}", params[key], defaults[key])
-    method = methods.get_for_phase(methods.get(cfg.method.name, **params), scenario)
+    chosen = check_methods(cfg.get("methods"), scenario)
     raw_budgets = _budgets(OmegaConf.to_container(cfg, resolve=True)["budget"])
-    if scenario == "prefill":
-        specs = [(method, budget) for budget in raw_budgets]
-        decoding = {}
-    else:
+    decoding = {}
+    if scenario == "decode":
         for budget in raw_budgets:
             if not isinstance(budget, float | int) or isinstance(budget, bool) or not 0 < budget <= 1:
                 raise ValueError(f"budget {budget!r}: the decode scenario takes ratios 0 < r <= 1")
-        specs = [("full", 1.0, method, float(budget)) for budget in raw_budgets]
         decoding = {
             "compress_every": cfg.scenario.compress_every,
             "compress_prompt": cfg.scenario.compress_prompt,
         }
-    # Equal settings (the full cache at two budgets) are one setting: dict.fromkeys keeps the first.
-    settings = tuple(dict.fromkeys(build_settings(specs, **decoding)))
+    settings = []
+    for label, method in chosen.items():
+        if scenario == "prefill":
+            specs = [(method, budget) for budget in raw_budgets]
+        else:
+            specs = [("full", 1.0, method, float(budget)) for budget in raw_budgets]
+        # Equal settings (the full cache at two budgets) are one setting: dict.fromkeys keeps the first.
+        settings += [
+            JobSetting(label, setting) for setting in dict.fromkeys(build_settings(specs, **decoding))
+        ]
     shard = cfg.shard
-    if not (isinstance(shard.count, int) and shard.count >= 1 and isinstance(shard.index, int)):
+    if shard.count < 1:
         raise ValueError(f"shard {shard.index}/{shard.count}: count must be an integer >= 1")
     if not 0 <= shard.index < shard.count:
         raise ValueError(
@@ -110,14 +160,12 @@ def check_job(cfg: DictConfig) -> Job:
     check_mode(cfg.wandb)
     benchmark = benchmarks.get(cfg.benchmark.name)
     check_options(cfg.benchmark.name, benchmark, cfg.benchmark.options)
-    return Job(method, settings, benchmark)
+    return Job(chosen, tuple(settings), benchmark)
 
 
 def check_values(cfg: DictConfig) -> None:
-    """The type and range of every plain value of the job (:mod:`infokv.engine.config_values`), the model's
-    device, and the output folder: each wrong one is a one-line error before anything is loaded."""
-    for key in ("cot", "progress", "verbose", "scenario.cuda_graphs"):
-        boolean(key, OmegaConf.select(cfg, key, default=False))
+    """The range of every plain value of the job (their types are the schema's, :mod:`infokv.eval.configs`),
+    the model's device, and the output folder: each wrong one is a one-line error before anything loads."""
     integer("seed", cfg.seed, 0)
     for key in ("max_new_tokens", "batch_size", "scenario.samples", "scenario.prefill_chunk"):
         integer(key, OmegaConf.select(cfg, key), 1)
@@ -127,8 +175,9 @@ def check_values(cfg: DictConfig) -> None:
         choice("scenario.compress", cfg.scenario.compress, COMPRESS_MODES)
     else:
         integer("scenario.compress_every", cfg.scenario.compress_every, 1)
-        boolean("scenario.compress_prompt", cfg.scenario.compress_prompt)
     text("model.name", cfg.model.name)
+    if cfg.model.label is not None and not LABEL.fullmatch(cfg.model.label):
+        reject("model.label", cfg.model.label, "letters, digits, '_', '-' and '.'")
     choice("model.dtype", cfg.model.dtype, DTYPES)
     attention = choice("model.attn_implementation", cfg.model.attn_implementation, SUPPORTED_ATTENTION)
     if attention == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
@@ -145,17 +194,20 @@ def check_values(cfg: DictConfig) -> None:
 
 def check_options(name: str, benchmark: ModuleType, options: DictConfig | None) -> None:
     """``benchmark.options`` must be keyword options of the benchmark's ``load`` (the tokenizer is ours),
-    each of the kind of that option's default (:func:`infokv.engine.config_values.like`); the ranges are the
-    loader's to check."""
-    parameters = inspect.signature(benchmark.load).parameters
-    allowed = [key for key in parameters if key not in ("source", "limit", "tokenizer")]
+    each of its annotated type (:func:`infokv.eval.configs.options_schema`); the ranges are the loader's
+    to check."""
+    schema = options_schema(benchmark)
+    allowed = [item.name for item in dataclasses.fields(schema)]
     given = OmegaConf.to_container(options, resolve=True) if options is not None else {}
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         listed = ", ".join(allowed) or "none"
         raise ValueError(f"benchmark.options.{unknown[0]} is not an option of {name}; allowed: {listed}")
-    for key, value in given.items():
-        like(f"benchmark.options.{key}", value, parameters[key].default)
+    try:
+        typed(schema, given)
+    except ValidationError as error:
+        error.full_key = f"benchmark.options.{error.full_key}"
+        raise
 
 
 def check_output_dir(value: object) -> Path:
@@ -171,22 +223,46 @@ def check_output_dir(value: object) -> Path:
     return path
 
 
+def model_label(model: DictConfig) -> str:
+    """The model's name in run directories and tables: ``model.label``, else a local directory's folder
+    name, else the name itself (an embedded alias or a hub id ``owner/name``)."""
+    if model.label:
+        return str(model.label)
+    name = str(model.name)
+    if _HUB_ID.match(name) or "/" not in name and os.sep not in name:
+        return name
+    return Path(name).expanduser().resolve().name or name
+
+
+def model_dtype(model: DictConfig) -> str:
+    """``model.dtype`` with ``auto`` resolved: bfloat16 where the model runs on CUDA, else float32."""
+    if model.dtype != "auto":
+        return str(model.dtype)
+    on_cuda = str(model.device).startswith("cuda") or (model.device == "auto" and torch.cuda.is_available())
+    return "bfloat16" if on_cuda else "float32"
+
+
 def identity(cfg: DictConfig) -> dict:
-    """The part of the configuration that decides the results (see :data:`IDENTITY_KEYS`)."""
+    """The part of the configuration that decides the results (see :data:`IDENTITY_KEYS`), with the
+    model's dtype resolved and without how it is named or threaded."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     chosen = {key: resolved[key] for key in IDENTITY_KEYS}
     chosen["benchmark"] = {k: v for k, v in chosen["benchmark"].items() if k not in SAMPLE_COUNT_KEYS}
-    chosen["model"] = {k: v for k, v in chosen["model"].items() if k != "threads"}
+    chosen["model"] = {k: v for k, v in chosen["model"].items() if k not in ("threads", "label")}
+    chosen["model"]["dtype"] = model_dtype(cfg.model)
     return chosen
 
 
 def run_directory(cfg: DictConfig, job: Job) -> Path:
-    """``<output_dir>/<benchmark>/<model>/<scenario>/<method>@<budgets>-<cot|direct>-<hash>``."""
+    """``<output_dir>/<benchmark>/<model label>/<scenario>/<methods>@<budgets>-<cot|direct>-<hash>``, where
+    ``<methods>`` joins the labels with ``+`` (or counts them when that is long)."""
     digest = hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    budgets = "_".join(dict.fromkeys(_budget_label(setting) for setting in job.settings))
+    budgets = "_".join(dict.fromkeys(_budget_label(item.setting) for item in job.settings))
     style = "cot" if cfg.cot else "direct"
-    model = str(cfg.model.name).strip("/").replace("/", "__")
-    name = f"{job.method.name}@{budgets}-{style}-{digest}"
+    labels = "+".join(job.methods)
+    labels = labels if len(labels) <= 64 else f"{len(job.methods)}-methods"
+    model = model_label(cfg.model).replace("/", "__")
+    name = f"{labels}@{budgets}-{style}-{digest}"
     return Path(cfg.output_dir) / cfg.benchmark.name / model / cfg.scenario.name / name
 
 
@@ -236,15 +312,19 @@ def _prompt_input(prompt, compress: str):
     return prompt.pair() if compress == "context_only" else prompt.text
 
 
-def _record(cfg, sample, draw: int, setting: Setting, prompt, completion, scored) -> dict:
+def _record(cfg, sample, draw: int, item: JobSetting, prompt, completion, scored) -> dict:
+    method = item.setting.method if item.setting.decode is None else item.setting.decode.method
     return {
         "benchmark": cfg.benchmark.name,
-        "model": str(cfg.model.name),
+        "model": model_label(cfg.model),
+        "model_name": str(cfg.model.name),
         "scenario": cfg.scenario.name,
-        "method": cfg.method.name,
-        "budget": _budget_label(setting),
+        "method": item.method,
+        "method_name": method.name,
+        "parameters": method.params() if method.evicts else {},
+        "budget": _budget_label(item.setting),
         "cot": bool(cfg.cot),
-        "setting": setting.label(),
+        "setting": item.label(),
         "sample_id": sample.id,
         "sample_index": draw,
         "score": float(scored.value),
@@ -259,15 +339,25 @@ def _record(cfg, sample, draw: int, setting: Setting, prompt, completion, scored
     }
 
 
-def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
-    """Run (or resume) one job; return its run directory and its summary table."""
+@dataclass
+class Work:
+    """A checked job with its data: the samples of this shard and each sample's seed."""
+
+    job: Job
+    directory: Path
+    tokenizer: Any
+    samples: list
+    mine: list
+    seeds: dict
+
+
+def prepare(cfg: DictConfig) -> Work:
+    """Check the job, then load and check its data with the tokenizer alone (cheap), so that bad data, a
+    shard without samples or a generation longer than the model's context fails before the weights load."""
     job = check_job(cfg)
     directory = run_directory(cfg, job)
-    store = RunStore(directory, cfg.shard.index, cfg.shard.count)
     if cfg.model.threads:
         torch.set_num_threads(int(cfg.model.threads))
-    # The data is loaded and checked before the model (the tokenizer alone is cheap), so that bad data
-    # or a shard without samples fails before the expensive part.
     tokenizer = load_tokenizer(cfg.model.name)
     samples = load_samples(cfg, job.benchmark, tokenizer)
     seeds = {sample.id: cfg.seed + index for index, sample in enumerate(samples)}
@@ -283,57 +373,77 @@ def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
             f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the model's context of "
             f"{context} tokens; use fewer"
         )
+    return Work(job, directory, tokenizer, samples, mine, seeds)
+
+
+def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
+    """Run (or resume) one job; return its run directory and its summary table.
+
+    Every method and budget of the job compresses the same prefill of each batch of samples
+    (:func:`infokv.engine.sweep.generate_sweep`). A sample's records, one per (method, budget, draw), are
+    appended together once the batch is decoded, so a killed job resumes at the first sample without
+    them and loses none that were written."""
+    work = prepare(cfg)
+    store = RunStore(work.directory, cfg.shard.index, cfg.shard.count)
     model = load_weights(
         cfg.model.name,
-        dtype=getattr(torch, cfg.model.dtype),
+        dtype=getattr(torch, model_dtype(cfg.model)),
         device=cfg.model.device,
         attn_implementation=cfg.model.attn_implementation,
     )
-    with writing_run(directory):
+    with writing_run(work.directory):
         store.open(OmegaConf.to_yaml(cfg, resolve=True), environment())
         done = store.done()
         draws = cfg.scenario.samples
-        labels = [setting.label() for setting in job.settings]
+        labels = [item.label() for item in work.job.settings]
         pending = [
             s
-            for s in mine
+            for s in work.mine
             if any((s.id, label, draw) not in done for label in labels for draw in range(draws))
         ]
-        scenario = cfg.scenario
-        compress = scenario.get("compress", "prompt")
         with tqdm(
-            total=len(mine),
-            initial=len(mine) - len(pending),
-            desc=directory.name,
+            total=len(work.mine),
+            initial=len(work.mine) - len(pending),
+            desc=work.directory.name,
             disable=not cfg.progress,
             unit="sample",
         ) as bar:
             for batch in store.claim_batches(pending, cfg.batch_size, labels, draws):
-                prompts = [job.benchmark.prompt(sample, bool(cfg.cot), tokenizer) for sample in batch]
-                outputs = generate_sweep(
-                    model,
-                    tokenizer,
-                    [_prompt_input(p, compress) for p in prompts],
-                    list(job.settings),
-                    max_new_tokens=cfg.max_new_tokens,
-                    temperature=scenario.temperature,
-                    top_p=scenario.top_p,
-                    seed=[seeds[sample.id] for sample in batch],
-                    compress=compress,
-                    samples=draws,
-                    prefill_chunk=scenario.prefill_chunk,
-                    cuda_graphs=scenario.cuda_graphs,
-                )
-                for position, (sample, prompt) in enumerate(zip(batch, prompts, strict=True)):
-                    records = []
-                    for setting, completions in zip(job.settings, outputs, strict=True):
-                        for draw in range(draws):
-                            completion = completions[position * draws + draw]
-                            scored = job.benchmark.score(sample, completion.text)
-                            records.append(_record(cfg, sample, draw, setting, prompt, completion, scored))
+                for records in score_batch(cfg, work, model, batch):
                     store.append(records)
                     bar.update(1)
-    return directory, summarise(store.records())
+    return work.directory, summarise(store.records())
+
+
+def score_batch(cfg: DictConfig, work: Work, model, batch: list) -> Iterator[list[dict]]:
+    """One batch of samples through every setting of the job; yields each sample's records."""
+    scenario = cfg.scenario
+    compress = scenario.get("compress", "prompt")
+    settings = work.job.settings
+    prompts = [work.job.benchmark.prompt(sample, bool(cfg.cot), work.tokenizer) for sample in batch]
+    outputs = generate_sweep(
+        model,
+        work.tokenizer,
+        [_prompt_input(p, compress) for p in prompts],
+        [item.setting for item in settings],
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=scenario.temperature,
+        top_p=scenario.top_p,
+        seed=[work.seeds[sample.id] for sample in batch],
+        compress=compress,
+        samples=scenario.samples,
+        prefill_chunk=scenario.prefill_chunk,
+        cuda_graphs=scenario.cuda_graphs,
+    )
+    draws = scenario.samples
+    for position, (sample, prompt) in enumerate(zip(batch, prompts, strict=True)):
+        records = []
+        for item, completions in zip(settings, outputs, strict=True):
+            for draw in range(draws):
+                completion = completions[position * draws + draw]
+                scored = work.job.benchmark.score(sample, completion.text)
+                records.append(_record(cfg, sample, draw, item, prompt, completion, scored))
+        yield records
 
 
 @contextlib.contextmanager

@@ -31,8 +31,9 @@ OFFLINE_ENVIRONMENT = {"WANDB_MODE": "offline", "WANDB_ERROR_REPORTING": "false"
 
 
 def check_mode(mode: object) -> str:
-    """``False``/``None`` → ``"disabled"``; anything but :data:`MODES` is a one-line error."""
-    if mode is False or mode is None:
+    """``False``/``None`` (or ``"false"``, as a text field of the job's config holds it) → ``"disabled"``;
+    anything but :data:`MODES` is a one-line error."""
+    if mode is False or mode is None or mode in ("false", "False"):
         return "disabled"
     if mode not in MODES:
         raise ValueError(f"wandb mode {mode!r} is not allowed; use one of {MODES} or false")

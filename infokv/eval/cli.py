@@ -39,7 +39,7 @@ register_configs()  # the method group, before Hydra composes the first job
 
 
 def print_table(title: str, table: pd.DataFrame) -> None:
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 3):
         print(f"\n{title}\n{table.to_string(index=False) if not table.empty else '(no scored samples)'}")
 
 

@@ -107,7 +107,7 @@ def is_binary(values: Sequence[float] | np.ndarray) -> bool:
 def mean_interval(
     values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE, seed: int = SEED
 ) -> tuple[float, float]:
-    """95% interval of the mean: Wilson when every value is 0 or 1, the percentile bootstrap otherwise."""
+    """Interval of the mean at ``confidence``: Wilson when every value is 0 or 1, else the bootstrap."""
     array = _values(values)
     if is_binary(array):
         return wilson(int(array.sum()), len(array), confidence)

@@ -4,9 +4,12 @@
 
 Reads every run below ``<runs>/<size>_prefill`` and ``<runs>/<size>_decode`` (written by
 ``infokv-run experiment=<size>_prefill`` / ``<size>_decode``; ``make reproduce-table`` runs both), and
-writes ``<results>/tables/<size>.csv`` (long form: accuracy, agreement with the full cache, n per
-scenario, model, benchmark, method, budget and CoT/direct), ``<size>_<scenario>.md`` and ``.tex`` (the
-paper's layout: methods × benchmarks × budgets, "CoT / direct" cells) and
+writes ``<results>/tables/<size>.csv`` (long form, per scenario, model, benchmark, method, budget and
+CoT/direct: n, accuracy and agreement with the full cache with their 95% intervals, the paired
+differences with the full cache and of InfoKV with SnapKV, and the samples a 5-point difference would
+need: :func:`infokv.eval.tables.accuracy`), ``<size>_<scenario>.md`` and ``.tex`` (the paper's layout:
+methods × benchmarks × budgets, "CoT / direct" cells with intervals, then the paired differences with
+the resolved ones marked) and
 ``<results>/figures/accuracy_vs_budget_<size>.png``; the table and the figure also go to W&B (offline by
 default, ``--wandb false`` turns it off).
 """

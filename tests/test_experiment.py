@@ -197,8 +197,8 @@ def test_accuracy_table_and_paper_layout():
     assert snap.accuracy == 50.0 and snap.agreement == 50.0 and snap.n == 4
     wide = paper_layout(table)
     assert list(wide.index.get_level_values("method")) == ["full", "infokv", "snapkv"]
-    assert wide.loc[("m", "full"), ("b", "20%")] == "100.00 / 100.00"
-    assert wide.loc[("m", "snapkv"), ("b", "40%")] == "75.00 / 75.00"
+    assert wide.loc[("m", "full"), ("b", "20%")] == "100.0 [51, 100] / 100.0 [51, 100]"
+    assert wide.loc[("m", "snapkv"), ("b", "40%")] == "75.0 [30, 95] / 75.0 [30, 95]"
 
 
 def test_write_tables_and_the_notebook_runs_on_them(tmp_path):
@@ -209,7 +209,7 @@ def test_write_tables_and_the_notebook_runs_on_them(tmp_path):
     written = write_tables(accuracy(synthetic_frame()), results / "tables", "small")
     assert {p.name for p in written} == {"small.csv", "small_prefill.md", "small_prefill.tex"}
     assert (
-        "| m | snapkv | 75.00 / 75.00 | 50.00 / 50.00 |"
+        "| m | snapkv | 75.0 [30, 95] / 75.0 [30, 95] | 50.0 [15, 85] / 50.0 [15, 85] |"
         in (results / "tables" / "small_prefill.md").read_text()
     )
     notebook = nbformat.read(ROOT / "notebooks" / "accuracy_vs_budget.ipynb", as_version=4)

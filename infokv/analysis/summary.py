@@ -1,7 +1,8 @@
 """Tables and the figure of the Forward Influence analysis, from per-document results.
 
 Confidence intervals are percentile bootstrap intervals over documents (the independent unit):
-resample the documents with replacement, take the mean of their chunk means, repeat.
+resample the documents with replacement, take the mean of their chunk means, repeat
+(:func:`infokv.eval.statistics.bootstrap_mean`; one document gives no interval).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from infokv.analysis.forward_influence import DocumentResult, candidate_mask
 from infokv.analysis.word_classes import CLASSES
+from infokv.eval.statistics import bootstrap_mean
 
 
 def influence_rows(document: str, result: DocumentResult, prefix: int, chunk: int) -> list[dict]:
@@ -34,26 +36,11 @@ def influence_rows(document: str, result: DocumentResult, prefix: int, chunk: in
     return rows
 
 
-def bootstrap_interval(
-    values: Sequence[float], confidence: float, resamples: int, generator: torch.Generator
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values``."""
-    data = torch.as_tensor(list(values), dtype=torch.float64)
-    if len(data) < 2:
-        return float(data.mean()), float(data.mean())
-    picks = torch.randint(len(data), (resamples, len(data)), generator=generator)
-    means = data[picks].mean(dim=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
-    return float(low), float(high)
-
-
 def summarise(per_document: pd.DataFrame, confidence: float = 0.95, resamples: int = 2000, seed: int = 0):
     """Mean KL per (criterion, distance) over documents, with its bootstrap confidence interval."""
-    generator = torch.Generator().manual_seed(seed)
     rows = []
     for (criterion, distance), group in per_document.groupby(["criterion", "distance"], sort=True):
-        low, high = bootstrap_interval(group["kl"].tolist(), confidence, resamples, generator)
+        low, high = bootstrap_mean(group["kl"].to_numpy(), confidence, resamples, seed)
         rows.append(
             {
                 "criterion": criterion,

@@ -51,7 +51,7 @@ warnings.filterwarnings("ignore", message="provider=hydra.searchpath in main, pa
 
 
 def print_table(title: str, table: pd.DataFrame) -> None:
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 3):
         print(f"\n{title}\n{table.to_string(index=False) if not table.empty else '(no scored samples)'}")
 
 
@@ -92,7 +92,7 @@ VERBOSE = re.compile(r"\+?verbose=(true|yes|on|1)", re.IGNORECASE)
 TRACEBACK = False  # the user asked for tracebacks (main() decides, before it lets Hydra re-raise)
 
 
-def describe(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """One line for a user's error: a value of the wrong type names its key, the value and the kind
     wanted, as :func:`infokv.engine.config_values.reject` does; other errors give their first line, and
     the options Hydra lists for a config it could not find."""
@@ -133,7 +133,7 @@ def main() -> None:
     except INPUT_ERRORS as error:
         if TRACEBACK:
             raise
-        raise SystemExit(ERROR_LINE.format(describe(error))) from None
+        raise SystemExit(ERROR_LINE.format(error_line(error))) from None
     finally:
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -150,7 +150,7 @@ def hydra_main(cfg: DictConfig) -> None:
     except INPUT_ERRORS as error:
         if cfg.verbose or TRACEBACK:
             raise
-        raise SystemExit(ERROR_LINE.format(describe(error))) from None
+        raise SystemExit(ERROR_LINE.format(error_line(error))) from None
 
 
 def run(cfg: DictConfig) -> None:

@@ -13,26 +13,53 @@ import pandas as pd  # noqa: E402
 FULL = "full"
 
 
+def _points(part: pd.DataFrame) -> pd.DataFrame:
+    """One point per (method, budget): mean accuracy over models, and its 95% interval where the point
+    is one table row (means over several models have no interval in the table; their bar is left out)."""
+    part = part.assign(
+        low=part.get("accuracy_low", float("nan")), high=part.get("accuracy_high", float("nan"))
+    )
+    points = part.groupby(["method", "budget"], as_index=False).agg(
+        accuracy=("accuracy", "mean"), low=("low", "first"), high=("high", "first"), rows=("accuracy", "size")
+    )
+    alone = points["rows"] == 1
+    points["below"] = (points["accuracy"] - points["low"]).where(alone).fillna(0.0)
+    points["above"] = (points["high"] - points["accuracy"]).where(alone).fillna(0.0)
+    return points
+
+
 def accuracy_vs_budget(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Accuracy against KV budget: one panel per (scenario, benchmark, style), one line per method;
-    the full cache is a dashed horizontal line. ``table`` has columns scenario, benchmark, style,
-    method, budget, accuracy (several models are averaged)."""
+    """Accuracy against KV budget: one panel per (scenario, benchmark, style), one line per method with
+    error bars from ``accuracy_low``/``accuracy_high`` where the table has them; the full cache is a
+    dashed horizontal line in a band of its interval. ``table`` has columns scenario, benchmark, style,
+    method, budget, accuracy (several models are averaged, and then drawn without bars)."""
     table = table.assign(budget=table["budget"].astype(float))
     panels = list(table.groupby(["scenario", "benchmark", "style"]))
     evicting = sorted(set(table["method"]) - {FULL})
     colours = {method: plt.get_cmap("tab10")(index % 10) for index, method in enumerate(evicting)}
+    # Each method's points shift a little sideways (in budget points), so that error bars stay apart.
+    dodge = {method: 0.4 * (index - (len(evicting) - 1) / 2) for index, method in enumerate(evicting)}
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
     for axis, ((scenario, benchmark, style), part) in zip(axes.flat, panels, strict=False):
-        means = part.groupby(["method", "budget"], as_index=False)["accuracy"].mean()
-        for method, line in means.groupby("method"):
+        for method, line in _points(part).groupby("method"):
             if method == FULL:
-                axis.axhline(line["accuracy"].mean(), color="black", linestyle="--", label="full cache")
+                level = line["accuracy"].mean()
+                axis.axhline(level, color="black", linestyle="--", label="full cache")
+                axis.axhspan(
+                    level - line["below"].max(), level + line["above"].max(), color="black", alpha=0.08
+                )
             else:
                 line = line.sort_values("budget")
-                axis.plot(
-                    line["budget"] * 100, line["accuracy"], marker="o", color=colours[method], label=method
+                axis.errorbar(
+                    line["budget"] * 100 + dodge[method],
+                    line["accuracy"],
+                    yerr=[line["below"], line["above"]],
+                    marker="o",
+                    capsize=3,
+                    color=colours[method],
+                    label=method,
                 )
         axis.set_title(f"{benchmark} ({style}, {scenario})", fontsize=10)
         axis.set_xlabel("KV budget (%)")

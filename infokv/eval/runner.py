@@ -48,6 +48,7 @@ from infokv.engine.config_values import choice, integer, number, optional_intege
 from infokv.engine.sweep import COMPRESS_MODES, Setting, build_settings, generate_sweep
 from infokv.eval import benchmarks
 from infokv.eval.configs import method_schema, options_schema, typed
+from infokv.eval.statistics import describe
 from infokv.eval.store import RunStore, records_frame, unique_records
 from infokv.eval.tracking import check_mode
 from infokv.hf.hooks import SUPPORTED_ATTENTION
@@ -468,14 +469,11 @@ def writing_run(directory: Path) -> Iterator[None]:
 
 
 def summarise(records: list[dict]) -> pd.DataFrame:
-    """Mean score and every metric per (benchmark, model, scenario, method, budget, cot), with counts."""
+    """Per (benchmark, model, scenario, method, budget, cot): n samples, and the mean score and every
+    per-sample metric with its 95% interval (:func:`infokv.eval.statistics.describe`)."""
     if not records:
         return pd.DataFrame()
     keys = ["benchmark", "model", "scenario", "method", "budget", "cot"]
     frame = records_frame(records)
-    grouped = frame[keys + ["score"] + [c for c in frame.columns if c.startswith("metric.")]].groupby(
-        keys, sort=False
-    )
-    table = grouped.mean(numeric_only=True)
-    table.insert(0, "n", grouped.size())
-    return table.reset_index()
+    columns = ["score"] + [c for c in frame.columns if c.startswith(("metric.", "fidelity."))]
+    return describe(frame, keys, columns)

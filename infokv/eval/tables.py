@@ -1,12 +1,22 @@
-"""Result tables in the paper's layout, from the scored samples of many runs.
+"""Result tables in the paper's layout, from the scored samples of many runs, with 95% intervals.
 
 :func:`accuracy` reduces the per-sample frame (:func:`infokv.eval.store.load_frame`) to one row per
 (scenario, model, benchmark, method, budget, style) with
 
-* ``accuracy`` = 100 · mean score over samples (and draws),
+* ``n`` = samples (a sample with several draws counts once, with the mean of its draws),
+* ``accuracy`` = 100 · mean score over samples, with ``accuracy_low``/``accuracy_high`` its 95% interval
+  (Wilson when every score is 0 or 1, percentile bootstrap over samples otherwise:
+  :func:`infokv.eval.statistics.mean_interval`),
+* ``n_for_5pt`` = samples per arm that a 5-point difference between two independent arms would need at
+  this row's variance (:func:`infokv.eval.statistics.samples_needed`, unpaired),
 * ``agreement`` = 100 · fraction of completions identical to the full cache's completion of the
-  same sample and draw (fidelity to the uncompressed model; empty where no full-cache run exists),
-* ``n`` = scored completions.
+  same sample and draw (fidelity to the uncompressed model; empty where no full-cache run exists), with
+  ``agreement_low``/``agreement_high``,
+* for each reference method r of ``references`` (default: every method against ``full``, InfoKV against
+  SnapKV), the paired comparison on the samples both scored at the same benchmark, budget and style
+  (the full cache at any budget): ``vs_<r>`` = 100 · mean(score − score_r), ``vs_<r>_low``/``_high`` its
+  paired bootstrap interval, ``vs_<r>_resolved`` (the interval excludes 0) and ``vs_<r>_n_for_5pt``
+  (samples that a 5-point paired difference would need at the observed spread of the differences).
 
 :func:`paper_layout` pivots it to methods × (benchmark, budget) with "CoT / direct" cells, the layout of
 the paper's tables; :func:`write_tables` writes the long CSV and the wide Markdown and LaTeX tables.
@@ -18,8 +28,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from infokv.eval.statistics import describe, paired_difference, per_sample, samples_needed
+
 GROUP = ["scenario", "model", "benchmark", "method", "budget", "style"]
 FULL = "full"
+DELTA = 0.05  # the "5 points" of n_for_5pt, on the 0-1 score scale
+# Paired comparisons: reference method -> the methods compared with it (None: every other method).
+REFERENCES: dict[str, tuple[str, ...] | None] = {FULL: None, "snapkv": ("infokv",)}
 
 
 def _with_agreement(frame: pd.DataFrame) -> pd.DataFrame:
@@ -33,19 +48,54 @@ def _with_agreement(frame: pd.DataFrame) -> pd.DataFrame:
     return merged.drop(columns="completion_full")
 
 
-def accuracy(frame: pd.DataFrame) -> pd.DataFrame:
-    """Long-form table: one row per (scenario, model, benchmark, method, budget, style)."""
+def paired(
+    samples: pd.DataFrame, column: str, reference: str, methods: tuple[str, ...] | None
+) -> pd.DataFrame:
+    """Per row of ``GROUP`` (``methods``, or every method but ``reference``): the paired difference of
+    ``column`` with ``reference`` on the samples both scored (:func:`.statistics.paired_difference`).
+
+    ``samples`` has one row per (``GROUP``, sample_id). The full cache does not depend on the budget,
+    so a method at any budget is paired with it; any other reference is paired at the same budget.
+    """
+    keys = [k for k in GROUP if k != "method" and (k != "budget" or reference != FULL)] + ["sample_id"]
+    chosen = samples["method"] != reference if methods is None else samples["method"].isin(methods)
+    ours = samples[chosen & samples[column].notna()]
+    theirs = samples[(samples["method"] == reference) & samples[column].notna()][keys + [column]]
+    name = f"vs_{reference}"
+    names = [name, f"{name}_low", f"{name}_high", f"{name}_resolved", f"{name}_n_for_5pt"]
+    rows = []
+    for key, part in ours.merge(theirs, on=keys, suffixes=("", "_ref")).groupby(GROUP, sort=False):
+        result = paired_difference(part[column], part[f"{column}_ref"], DELTA)
+        values = [100 * result.difference, 100 * result.low, 100 * result.high, result.resolved]
+        rows.append([*key, *values, result.n_for_delta])
+    return pd.DataFrame(rows, columns=GROUP + names)
+
+
+def accuracy(frame: pd.DataFrame, references: dict[str, tuple[str, ...] | None] = REFERENCES) -> pd.DataFrame:
+    """Long-form table: one row per (scenario, model, benchmark, method, budget, style), with intervals
+    and the paired comparisons with each reference method present in ``frame``."""
     frame = _with_agreement(frame)
-    frame["style"] = frame["cot"].map({True: "cot", False: "direct"})
-    grouped = frame.groupby(GROUP, sort=True)
-    table = pd.DataFrame(
-        {
-            "accuracy": 100.0 * grouped["score"].mean(),
-            "agreement": 100.0 * grouped["agrees"].mean(),
-            "n": grouped.size(),
-        }
-    ).reset_index()
-    return table
+    frame = frame.assign(
+        style=frame["cot"].map({True: "cot", False: "direct"}),
+        accuracy=frame["score"].astype(float),
+        agreement=frame["agrees"].astype(float),
+    )
+    columns = ["accuracy", "agreement"]
+    table = describe(frame, GROUP, columns)
+    for column in columns:
+        table[[column, f"{column}_low", f"{column}_high"]] *= 100.0
+    samples = per_sample(frame, GROUP, columns)
+    spread = samples.groupby(GROUP)["accuracy"].std(ddof=1)
+    needed = [samples_needed(sd, DELTA, paired=False) if pd.notna(sd) else float("nan") for sd in spread]
+    needed = pd.Series(needed, index=spread.index, name="n_for_5pt").reset_index()
+    table = table.merge(needed, on=GROUP)
+    for reference, methods in references.items():
+        if (samples["method"] == reference).any():
+            table = table.merge(paired(samples, "accuracy", reference, methods), on=GROUP, how="left")
+    whole = [column for column in table.columns if column.endswith("n_for_5pt")]
+    flags = [column for column in table.columns if column.endswith("_resolved")]
+    table = table.astype(dict.fromkeys(whole, "Int64") | dict.fromkeys(flags, "boolean"))
+    return table.sort_values(GROUP, ignore_index=True)
 
 
 def budget_name(budget: float) -> str:
@@ -53,13 +103,22 @@ def budget_name(budget: float) -> str:
     return f"{100 * budget:g}%" if budget <= 1 else f"{budget:g} tok"
 
 
+def _value(row: pd.Series, column: str) -> str:
+    """``column`` of one table row as "75.0 [46, 91]" (with its interval where the table has one), and
+    "*" after the value where ``<column>_resolved`` holds; "–" where it is missing."""
+    if pd.isna(row[column]):
+        return "–"
+    text = f"{row[column]:.1f}"
+    resolved = row.get(f"{column}_resolved")
+    if pd.notna(resolved) and bool(resolved):
+        text += "*"
+    low, high = row.get(f"{column}_low"), row.get(f"{column}_high")
+    return text if low is None or pd.isna(low) else f"{text} [{low:.0f}, {high:.0f}]"
+
+
 def _cell(values: pd.DataFrame, column: str) -> str:
-    by_style = dict(zip(values["style"], values[column], strict=True))
-    return " / ".join(
-        "–" if pd.isna(by_style[style]) else f"{by_style[style]:.2f}"
-        for style in ("cot", "direct")
-        if style in by_style
-    )
+    by_style = {row["style"]: _value(row, column) for _, row in values.iterrows()}
+    return " / ".join(by_style[style] for style in ("cot", "direct") if style in by_style)
 
 
 def paper_layout(table: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
@@ -83,10 +142,30 @@ def paper_layout(table: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
     return wide.fillna("–")
 
 
-TITLES = {
-    "accuracy": "Accuracy (%)",
-    "agreement": "Agreement with the full cache (% of completions identical to its completion)",
-}
+def titles(table: pd.DataFrame) -> dict[str, str]:
+    """The wide tables of ``table``: column -> title (accuracy, agreement, then one per paired comparison)."""
+    shown = {
+        "accuracy": "Accuracy (%) [95% interval: Wilson for 0/1 scores, bootstrap over samples otherwise]",
+        "agreement": "Agreement with the full cache (% of completions identical to its completion) "
+        "[95% interval]",
+    }
+    for column in table.columns:
+        if f"{column}_resolved" in table.columns:
+            reference = column.removeprefix("vs_")
+            shown[column] = (
+                f"Paired difference with {reference} (points: method − {reference} on the same samples) "
+                "[95% paired bootstrap interval; * = the interval excludes 0]"
+            )
+    return shown
+
+
+def counts(table: pd.DataFrame) -> str:
+    """One line: samples per cell, per benchmark ("passkey 12" or, where cells differ, "passkey 10–12")."""
+    spans = table.groupby("benchmark")["n"].agg(["min", "max"])
+    return "n (samples per cell): " + ", ".join(
+        f"{benchmark} {low}" if low == high else f"{benchmark} {low}–{high}"
+        for benchmark, (low, high) in spans.iterrows()
+    )
 
 
 def _markdown(wide: pd.DataFrame, title: str, styles: list[str]) -> str:
@@ -103,20 +182,28 @@ def _markdown(wide: pd.DataFrame, title: str, styles: list[str]) -> str:
 
 
 def write_tables(table: pd.DataFrame, directory: str | Path, name: str) -> list[Path]:
-    """Write ``<name>.csv`` (long form) and, per scenario, ``<name>_<scenario>.md`` (accuracy and
-    agreement in the paper's layout) and ``<name>_<scenario>.tex`` (accuracy)."""
+    """Write ``<name>.csv`` (long form) and, per scenario, ``<name>_<scenario>.md`` and ``.tex``: accuracy,
+    agreement and each paired comparison (:func:`titles`) in the paper's layout, with n per benchmark."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = [directory / f"{name}.csv"]
     table.to_csv(written[0], index=False, float_format="%.4f")
     for scenario, part in table.groupby("scenario"):
         styles = [s for s in ("cot", "direct") if s in set(part["style"])]
+        wide = {
+            column: (title, paper_layout(part[part[column].notna()], column))
+            for column, title in titles(part).items()
+            if part[column].notna().any()
+        }
+        markdown = [_markdown(layout, title, styles) for title, layout in wide.values()]
+        markdown.insert(1, counts(part) + "\n")
+        latex = [
+            f"% {title}\n{layout.to_latex(multicolumn_format='c', escape=True)}"
+            for title, layout in wide.values()
+        ]
+        latex.insert(1, f"% {counts(part)}\n")
         stem = directory / f"{name}_{scenario}"
-        markdown = "\n".join(
-            _markdown(paper_layout(part, column), title, styles) for column, title in TITLES.items()
-        )
-        stem.with_suffix(".md").write_text(markdown, encoding="utf-8")
-        latex = paper_layout(part).to_latex(multicolumn_format="c")
-        stem.with_suffix(".tex").write_text(latex, encoding="utf-8")
+        stem.with_suffix(".md").write_text("\n".join(markdown), encoding="utf-8")
+        stem.with_suffix(".tex").write_text("\n".join(latex), encoding="utf-8")
         written += [stem.with_suffix(".md"), stem.with_suffix(".tex")]
     return written

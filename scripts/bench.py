@@ -66,6 +66,7 @@ from pathlib import Path
 
 import bench_calls
 import bench_common
+import bench_readme
 import torch
 import transformers
 from bench_common import Row
@@ -120,6 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--merge", action="store_true", help="replace only the rows this call measures in --csv"
     )
     parser.add_argument("--calls", type=Path, default=ROOT / "results/bench/calls.csv")
+    parser.add_argument("--readme", type=Path, default=ROOT / "results/bench/README.md")
     parser.add_argument("--call", help="this call's id in the rows and --calls (default: the UTC start time)")
     parser.add_argument("--commit", help="the code's commit (default: git's HEAD, + when the tree differs)")
     parser.add_argument("--figure", type=Path, default=ROOT / "results/figures/bench_gpu.png")
@@ -697,105 +699,9 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     plot(rows, args.figure)
-    for line in target_lines(bench.measured()):
+    for line in bench_readme.target_lines(bench.measured()):
         print(line)
-
-
-def _value(rows: list[Row], **match) -> float | None:
-    for row in rows:
-        if all(getattr(row, key) == value for key, value in match.items()):
-            return row.value
-    return None
-
-
-def target_lines(rows: list[Row], tokens: int = 32768) -> list[str]:
-    """Issue 7's and issue 22's targets, measured (each ratio within the call that measured its rows)."""
-    lines = []
-
-    def worst(name: str, metric: str) -> float | None:
-        """The largest ``metric`` of method ``name`` at ``tokens`` over budgets."""
-        values = [
-            r.value for r in rows if r.method == name and r.prompt_tokens == tokens and r.metric == metric
-        ]
-        return max(values, default=None)
-
-    def check(label: str, value: float | None, limit: float, at_most: bool = True) -> None:
-        if value is None:
-            lines.append(f"{label}: not measured")
-            return
-        met = value <= limit if at_most else value >= limit
-        lines.append(
-            f"{label}: {value:.3f} ({'met' if met else 'MISSED'}; target {'<=' if at_most else '>='} {limit})"
-        )
-
-    for name, limit in (("infokv", 1.10), ("snapkv", 1.05), ("h2o", 1.6)):
-        check(
-            f"{name} prefill+compress / full prefill at {tokens}", worst(name, "ratio_to_full_prefill"), limit
-        )
-    check(f"full prefill / plain forward at {tokens}", worst("full", "ratio_to_plain_forward"), 1.0)
-    check(
-        f"full prefill peak memory / plain forward's at {tokens}",
-        worst("full", "peak_memory_ratio_to_plain_forward"),
-        1.0,
-    )
-    for name, limit in (("infokv", 1.10), ("snapkv", 1.03)):
-        check(
-            f"{name} prefill+compress / plain forward at {tokens}",
-            worst(name, "ratio_to_plain_forward"),
-            limit,
-        )
-    memory = max(
-        (
-            r.value
-            for r in rows
-            if r.method == "infokv"
-            and r.prompt_tokens == tokens
-            and r.metric == "signal_memory_ratio_to_full_kv"
-        ),
-        default=None,
-    )
-    check(f"infokv signal memory / full KV at {tokens}", memory, 0.25)
-    check(
-        f"decode speedup at 20%, batch 16, {tokens} (worst method)",
-        min(
-            (
-                r.value
-                for r in rows
-                if r.budget == "0.2"
-                and r.batch == 16
-                and r.prompt_tokens == tokens
-                and r.metric == "decode_speedup_vs_full"
-            ),
-            default=None,
-        )
-        if any(r.metric == "decode_speedup_vs_full" and r.batch == 16 for r in rows)
-        else None,
-        1.5,
-        False,
-    )
-    check(
-        f"KV bytes at 20% / full at {tokens} (worst method)",
-        max(
-            (
-                r.value
-                for r in rows
-                if r.budget == "0.2" and r.prompt_tokens == tokens and r.metric == "kv_ratio_to_full"
-            ),
-            default=None,
-        ),
-        0.25,
-    )
-    ours = _value(
-        rows, method="snapkv", budget="0.2", prompt_tokens=tokens, metric="unchunked_prefill_compress_seconds"
-    )
-    theirs = _value(
-        rows, method="kvpress:snapkv", budget="0.2", prompt_tokens=tokens, metric="prefill_compress_seconds"
-    )
-    ratio = ours / theirs if ours and theirs else None
-    check(f"our snapkv / kvpress snapkv at {tokens}, 20%, both unchunked", ratio, 1.0)
-    sweep = next((r.value for r in rows if r.metric == "sweep_ratio_to_full"), None)
-    check("sweep / full prefill+decode", sweep, 1.5)
-    return lines
+    bench_readme.write_readme(rows, ledger.calls_path, args.readme)
 
 
 def _against_length(axis, ylabel: str, title: str) -> None:
@@ -841,6 +747,15 @@ def plot(rows: list[Row], path: Path) -> None:
     floor = series("full", "prefill_compress_seconds", "0.2")
     if floor:
         axis.plot([p[0] for p in floor], [p[2] for p in floor], "k:", label="floor (FLOPs / matmul rate)")
+    plain = series(PLAIN, "prefill_seconds", "1")
+    if plain:
+        axis.plot(
+            [p[0] for p in plain],
+            [p[1] for p in plain],
+            "k--",
+            marker="s",
+            label="plain transformers forward",
+        )
     _against_length(axis, "seconds", "prefill + compression at 20% budget")
     axis.legend(fontsize=7)
 
@@ -862,7 +777,7 @@ def plot(rows: list[Row], path: Path) -> None:
     axis.tick_params(axis="y", labelsize=7)
 
     _scenario_panel(axes[0, 2], rows)
-    axes[1, 2].axis("off")
+    _plain_panel(axes[1, 2], rows, at)
 
     axis = axes[1, 0]
     for name in sorted({r.method for r in rows if r.metric == "decode_tokens_per_second"}):
@@ -906,6 +821,37 @@ def plot(rows: list[Row], path: Path) -> None:
     print(f"wrote {path}")
 
 
+def _plain_panel(axis, rows: list[Row], tokens: int) -> None:
+    """Prefill (+ compression) time and peak memory over the plain transformers forward's at ``tokens``."""
+    picked = [
+        r
+        for r in rows
+        if r.prompt_tokens == tokens and r.metric == "ratio_to_plain_forward" and r.budget in ("0.2", "1")
+    ]
+    if not picked:
+        axis.set_title("× plain forward: not measured")
+        return
+    memory = {
+        r.method: r.value
+        for r in rows
+        if r.prompt_tokens == tokens
+        and r.metric == "peak_memory_ratio_to_plain_forward"
+        and r.budget in ("0.2", "1")
+    }
+    labels = [r.method for r in picked]
+    positions = range(len(picked))
+    axis.barh([i - 0.2 for i in positions], [r.value for r in picked], height=0.4, label="time")
+    axis.barh(
+        [i + 0.2 for i in positions], [memory.get(m, 0.0) for m in labels], height=0.4, label="peak memory"
+    )
+    axis.set_yticks(list(positions), labels, fontsize=7)
+    axis.axvline(1.0, color="k", lw=0.8)
+    axis.set(
+        xlabel="× plain transformers forward", title=f"prefill + compression at {tokens} tokens, budget 0.2"
+    )
+    axis.legend(fontsize=7)
+
+
 def _scenario_panel(axis, rows: list[Row]) -> None:
     """Tokens/s of the decoding scenario's runs, each labelled with its wall time against the full cache's."""
     runs = [r for r in rows if r.metric == "scenario_tokens_per_second"]
@@ -918,7 +864,7 @@ def _scenario_panel(axis, rows: list[Row]) -> None:
     for bar, run in zip(bars, runs, strict=True):
         note = f"{overhead[run.method]:+.1%} time" if run.method in overhead else "reference"
         axis.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
-    seconds = _value(rows, metric="scenario_seconds", method=runs[0].method)
+    seconds = bench_readme.value(rows, metric="scenario_seconds", method=runs[0].method)
     generated = f", {runs[0].value * seconds:.0f} new" if seconds else ""
     axis.set(
         ylabel="tokens/s (batch 1)",

@@ -121,7 +121,7 @@ def cli_cases() -> list[Case]:
         Case("batch_size_negative", ["batch_size=-1"], "batch_size -1 is not allowed; use an integer >= 1"),
         Case("samples_0", ["scenario.samples=0"], "scenario.samples 0 is not allowed"),
         Case("cot_maybe", ["cot=maybe"], "cot 'maybe' is not allowed; use true or false"),
-        Case("cot_number", ["cot=1"], "cot 1 is not allowed; use true or false"),
+        Case("cot_number", ["cot=0.5"], "cot 0.5 is not allowed; use true or false"),
         Case("progress_maybe", ["progress=maybe"], "progress 'maybe' is not allowed"),
         Case(
             "shard_without_samples",
@@ -150,12 +150,26 @@ def cli_cases() -> list[Case]:
         ),
         # -- clear messages that came at the end of a Hydra traceback: every check of check_job
         Case("prefill_with_decode_method", ["method=rpc"], "cannot compress a prefill"),
-        Case("unknown_parameter", ["+method.params.alpha_typo=1"], "has no parameter alpha_typo"),
-        Case("method_parameter_range", ["method.params.window=-1"], "window"),
+        Case("unknown_parameter", ["+methods.snapkv.alpha_typo=1"], "has no parameter alpha_typo"),
+        Case("method_parameter_range", ["methods.snapkv.window=-1"], "window"),
         Case(
-            "method_parameter_type", ["method.params.kernel=abc"], "method.params.kernel 'abc' is not allowed"
+            "method_parameter_type",
+            ["methods.snapkv.kernel=abc"],
+            "methods.snapkv.kernel 'abc' is not allowed",
         ),
-        Case("method_number_type", ["method=infokv", "method.params.alpha=abc"], "method.params.alpha 'abc'"),
+        Case(
+            "method_number_type", ["method=infokv", "methods.infokv.alpha=abc"], "methods.infokv.alpha 'abc'"
+        ),
+        Case(
+            "variant_number_type",
+            ["+methods.variant={name:infokv,alpha:abc}"],
+            "methods.variant.alpha 'abc' is not allowed; use a number",
+        ),
+        Case("variant_without_name", ["+methods.variant={alpha:0.5}"], "methods.variant {'alpha': 0.5}"),
+        Case("no_methods", ["method=[]"], "methods is empty"),
+        Case("unknown_key", ["budgets=0.5"], "budgets is not a configuration key"),
+        Case("unknown_config", ["model=nope"], "Could not find 'model/nope'; available: hf,"),
+        Case("model_without_name", ["model=hf"], "model.name has no value"),
         Case("budget_above_one", ["budget=1.5"], "budget 1.5 is not allowed"),
         Case("budget_text", ["budget=abc"], "budget 'abc' is not allowed"),
         Case("budget_empty", ["budget=[]"], "budget is empty"),
@@ -196,7 +210,7 @@ def cli_cases() -> list[Case]:
         Case("verbose_maybe", ["verbose=maybe"], "verbose 'maybe' is not allowed"),
         Case("interpolation", ["max_new_tokens=${{nope}}"], "nope"),
         Case("deleted_key", ["~seed"], "seed"),
-        Case("unknown_method", ["method.name=nope"], "unknown method 'nope'"),
+        Case("unknown_method", ["methods.snapkv.name=nope"], "unknown method 'nope'"),
         Case("empty_model_name", ["model.name="], "model.name '' is not allowed; use a non-empty string"),
         Case("empty_source", ["benchmark.source="], "benchmark.source '' is not allowed"),
         Case("empty_output_dir", ["output_dir="], "output_dir '' is not allowed"),

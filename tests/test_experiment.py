@@ -45,7 +45,7 @@ def cli(*arguments: str) -> list[str]:
 @pytest.mark.parametrize("name", methods.available())
 def test_method_configs_compose_to_the_dataclass_defaults(name):
     scenario = "prefill" if "prefill" in methods.get(name).phases else "decode"
-    assert check_job(config(f"method={name}", f"scenario={scenario}")).method == methods.get(name)
+    assert check_job(config(f"method={name}", f"scenario={scenario}")).methods == {name: methods.get(name)}
 
 
 def test_every_config_group_option_resolves_and_names_real_code():
@@ -53,7 +53,7 @@ def test_every_config_group_option_resolves_and_names_real_code():
         cfg = config(f"benchmark={path.stem}")
         assert cfg.benchmark.name in benchmarks.available()
     for path in sorted((CONF / "model").glob("*.yaml")):
-        assert config(f"model={path.stem}").model.dtype in ("float32", "bfloat16", "float16")
+        assert config(f"model={path.stem}").model.dtype in ("auto", "float32", "bfloat16", "float16")
     for scenario in ("prefill", "decode"):
         method = "snapkv" if scenario == "prefill" else "rpc"
         check_job(config(f"scenario={scenario}", f"method={method}"))
@@ -63,7 +63,7 @@ def test_cfg_job_prints_the_resolved_config():
     done = subprocess.run(cli("--cfg", "job", "method=infokv", "budget=0.2"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     printed = yaml.safe_load(done.stdout)
-    assert printed["method"]["name"] == "infokv" and printed["method"]["params"]["alpha"] == 0.9
+    assert printed["methods"] == {"infokv": {"name": "infokv", **methods.get("infokv").params()}}
     assert printed["budget"] == 0.2 and printed["benchmark"]["name"] == "passkey"
 
 
@@ -78,10 +78,57 @@ def test_slurm_launcher_is_submitit():
 def test_run_directory_ignores_how_much_and_where_but_not_what():
     base = config("method=snapkv")
     same = config("method=snapkv", "benchmark.limit=3", "batch_size=2", "shard.count=2", "wandb=false")
-    other = config("method=snapkv", f"method.params.kernel={base.method.params.kernel + 2}")
+    other = config("method=snapkv", f"methods.snapkv.kernel={base.methods.snapkv.kernel + 2}")
     job = check_job(base)
     assert run_directory(base, job) == run_directory(same, job)
     assert run_directory(base, job) != run_directory(other, check_job(other))
+
+
+def test_a_local_model_directory_resolves_with_model_hf(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    done = subprocess.run(
+        cli("model=hf", f"model.name={folder}", "--cfg", "job"), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    model = yaml.safe_load(done.stdout)["model"]
+    assert model["name"] == str(folder) and model["dtype"] == "auto" and model["device"] == "auto"
+    cfg = config("model=hf", f"model.name={folder}")
+    assert run_directory(cfg, check_job(cfg)).parts[-3:-1] == ("my-model", "prefill")
+    labelled = config("model=hf", f"model.name={folder}", "model.label=mine")
+    assert run_directory(labelled, check_job(labelled)) == run_directory(cfg, check_job(cfg)).parents[2] / (
+        "mine/prefill/" + run_directory(cfg, check_job(cfg)).name
+    )
+
+
+def test_a_job_of_several_methods_and_variants_checks_each_entry():
+    cfg = config(
+        "method=[full,snapkv,infokv]", "+methods.infokv_a08={name:infokv,alpha:0.8}", "budget=[0.4,0.2]"
+    )
+    job = check_job(cfg)
+    assert list(job.methods) == ["full", "snapkv", "infokv", "infokv_a08"]
+    assert job.methods["infokv_a08"] == methods.get("infokv", alpha=0.8)
+    labels = [item.label() for item in job.settings]
+    assert labels == ["full@100%", "snapkv@40%", "snapkv@20%", "infokv@40%", "infokv@20%",
+                      "infokv_a08:infokv@40%", "infokv_a08:infokv@20%"]  # fmt: skip
+    assert run_directory(cfg, job).name.startswith("full+snapkv+infokv+infokv_a08@")
+
+
+def test_presets_run_their_methods_in_one_job_per_prefill():
+    for preset, jobs in {
+        "small_prefill": 2,
+        "paper_prefill": 12,
+        "small_decode": 1,
+        "paper_decode": 6,
+    }.items():
+        done = subprocess.run(cli(f"experiment={preset}", "--cfg", "hydra"), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        params = yaml.safe_load(done.stdout)["hydra"]["sweeper"]["params"] or {}
+        assert "method" not in params
+        count = 1
+        for values in params.values():
+            count *= len(str(values).split(","))
+        assert count == jobs, preset
 
 
 # ---- the run store: resume, shards --------------------------------------------------------------------
@@ -135,6 +182,57 @@ def test_killed_multirun_resumes_without_duplicates_or_losses(tmp_path):
         assert len(raw) == len(records) == 4, "no duplicate line, no lost sample"
         assert records[: len(first.get(directory, []))] == first.get(directory, [])
     assert "sweep" in done.stdout and "streamingllm" in done.stdout and "snapkv" in done.stdout
+
+
+def test_one_prefill_per_sample_serves_every_method_and_budget(tmp_path, monkeypatch):
+    from infokv.engine import sweep
+
+    calls = []
+    real = sweep.prefill
+
+    def counted(model, input_ids, *args, **kwargs):
+        calls.append(input_ids.shape[0])
+        return real(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "prefill", counted)
+    overrides = [*QUICK, f"output_dir={tmp_path}", "wandb=false", "progress=false", "budget=[0.6,0.3]"]
+    directory, table = run_job(config(*overrides, "method=[full,snapkv,h2o,infokv]"))
+    assert calls == [1, 1, 1, 1], "one prefill of one row per sample (batch_size=1)"
+    assert len(table) == 1 + 3 * 2 and set(table["n"]) == {4}
+    records = unique_records(directory)
+    assert {(r["method"], r["budget"]) for r in records} == {("full", "1")} | {
+        (method, budget) for method in ("snapkv", "h2o", "infokv") for budget in ("0.6", "0.3")
+    }
+
+
+def test_killed_many_method_job_resumes_without_recomputing_or_losing_a_record(tmp_path):
+    command = cli(
+        "method=[snapkv,streamingllm]", "budget=[0.6,0.3]", *QUICK, f"output_dir={tmp_path / 'runs'}",
+        "wandb=false", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}",
+    )  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if sum(len(unique_records(d)) for d in run_directories(tmp_path / "runs")) >= 4:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    [directory] = run_directories(tmp_path / "runs")
+    first = unique_records(directory)
+    assert 4 <= len(first) < 16 and len(first) % 4 == 0, "killed between samples, each with its 4 records"
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = unique_records(directory)
+    raw = [line for p in directory.glob("samples*.jsonl") for line in p.read_text().splitlines()]
+    assert len(raw) == len(final) == 16, "no record computed twice, none lost"
+    assert final[: len(first)] == first, "the records written before the kill are kept as they were"
+    assert {(r["sample_id"], r["method"], r["budget"]) for r in final} == {
+        (r["sample_id"], method, budget)
+        for r in final
+        for method in ("snapkv", "streamingllm")
+        for budget in ("0.6", "0.3")
+    }
 
 
 def test_sweep_runs_as_a_two_job_array_through_submitit_local(tmp_path):

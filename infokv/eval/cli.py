@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +45,6 @@ RUN_POINTER = "run_directory.txt"  # written into each job's Hydra output folder
 # when the console script imports it, and would not find the folder beside the package.
 CONF = Path(__file__).resolve().parent.parent / "conf"
 register_configs()  # the schemas and the method group, before Hydra composes the first job
-# The user's config folder of conf/config.yaml's search path is optional; Hydra warns where it is absent.
-warnings.filterwarnings("ignore", message="provider=hydra.searchpath in main, path=.* is not available")
 
 
 def print_table(title: str, table: pd.DataFrame) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -139,6 +140,8 @@ def typed(schema: type, node: DictConfig | dict | None) -> DictConfig:
 def register_configs() -> None:
     """Store the schemas in Hydra's config store (idempotent): ``job_schema``, the ``model/hf`` option,
     the ``scenario`` options and every method of the ``method`` group."""
+    # The user's config folder in conf/config.yaml's search path is optional; Hydra warns where it is absent.
+    warnings.filterwarnings("ignore", message="provider=hydra.searchpath in main, path=.* is not available")
     store = ConfigStore.instance()
     store.store(name="job_schema", node=JobConfig)
     store.store(group="model", name="hf", node=ModelConfig)

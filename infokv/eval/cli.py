@@ -14,6 +14,7 @@ under Hydra.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -35,12 +36,14 @@ from omegaconf.errors import (
 )
 
 from infokv.eval.configs import register_configs
+from infokv.eval.cost import job_cost
 from infokv.eval.host_memory import keep_freed_memory
-from infokv.eval.runner import run_job, summarise
+from infokv.eval.runner import model_label, run_job, summarise
 from infokv.eval.store import unique_records
 from infokv.eval.tracking import Tracker
 
 RUN_POINTER = "run_directory.txt"  # written into each job's Hydra output folder
+COST_FILE = "cost.json"  # a dry run's workload and estimate, in each job's Hydra output folder
 # The package's conf/ as an absolute path: Hydra resolves a relative one against the module's package
 # when the console script imports it, and would not find the folder beside the package.
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -150,23 +153,49 @@ def hydra_main(cfg: DictConfig) -> None:
         raise SystemExit(ERROR_LINE.format(error_line(error))) from None
 
 
+def job_output(name: str) -> Path | None:
+    """``name`` in this job's Hydra output folder (``None`` when called without Hydra, as tests do)."""
+    try:
+        return Path(HydraConfig.get().runtime.output_dir) / name
+    except ValueError:
+        return None
+
+
 def run(cfg: DictConfig) -> None:
-    """:func:`infokv.eval.runner.run_job`, then the run pointer for the sweep summary, W&B and the table."""
+    """:func:`infokv.eval.runner.run_job`, then the run pointer for the sweep summary, W&B and the table;
+    with ``dry_run=true``, the job's workload and estimated GPU time instead (:mod:`infokv.eval.cost`)."""
+    if cfg.dry_run:
+        row = {"job": job_name(cfg), **job_cost(cfg).summary()}
+        if (path := job_output(COST_FILE)) is not None:
+            path.write_text(json.dumps(row) + "\n")
+        print_table("dry run: nothing is loaded or computed", pd.DataFrame([row]))
+        return
     keep_freed_memory()
     directory, table = run_job(cfg)
-    try:
-        (Path(HydraConfig.get().runtime.output_dir) / RUN_POINTER).write_text(str(directory.resolve()) + "\n")
-    except ValueError:  # called without Hydra (tests calling the function directly)
-        pass
+    if (path := job_output(RUN_POINTER)) is not None:
+        path.write_text(str(directory.resolve()) + "\n")
     track(cfg, directory, table)
     print_table(f"run {directory}", table)
 
 
+def job_name(cfg: DictConfig) -> str:
+    """A dry run's name for a job: model, benchmark, scenario and style."""
+    style = "cot" if cfg.cot else "direct"
+    return f"{model_label(cfg.model)}/{cfg.benchmark.name}/{cfg.scenario.name}/{style}"
+
+
 class SweepSummary(Callback):
-    """At the end of a multirun, the summary table over every job of the sweep."""
+    """At the end of a multirun, the summary table over every job of the sweep (of a dry run: every
+    job's workload and the sweep's estimated GPU-hours, all methods per job and one method per job)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
+        costs = [json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{COST_FILE}"))]
+        if costs:
+            frame = pd.DataFrame(costs)
+            total = frame.drop(columns=["job", "notes"]).sum(numeric_only=True, min_count=1)
+            print_table(f"dry run of {len(costs)} job(s), total", total.to_frame().T)
+            return
         directories = sorted({Path(p.read_text().strip()) for p in sweep.glob(f"*/{RUN_POINTER}")})
         records = [record for directory in directories for record in unique_records(directory)]
         print_table(f"sweep {sweep}: {len(directories)} run(s)", summarise(records))

@@ -256,6 +256,7 @@ def _record(cfg, sample, draw: int, setting: Setting, prompt, completion, scored
         "prompt": prompt.text,
         "completion": completion.text,
         "stats": completion.stats,
+        "fidelity": completion.fidelity,
     }
 
 

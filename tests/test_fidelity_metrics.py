@@ -71,8 +71,12 @@ def test_teacher_forcing_through_the_full_cache_reproduces_its_decoding_logits(
     assert [c.fidelity["reference_tokens"] for c in completions] == [NEW_TOKENS] * len(prompts)
 
 
-def test_full_setting_has_zero_kl_full_agreement_and_the_nll_of_its_own_decoding(llama, tokenizer, recorded):
+def test_full_setting_has_zero_kl_full_agreement_and_the_nll_of_its_own_decoding(
+    llama, tokenizer, recorded, monkeypatch
+):
     steps, _ = recorded
+    monkeypatch.setattr(fidelity, "FORWARD_TOKENS", 3)  # several forwards, and
+    monkeypatch.setattr(fidelity, "LOG_PROB_ELEMENTS", 1)  # log-probabilities one position at a time
     (alone,) = generate_sweep(llama, tokenizer, PROMPTS, [("full", 1.0)], NEW_TOKENS, stop_at_eos=False)
     decoded = torch.stack(steps, dim=1).log_softmax(dim=-1)
     full, *_ = generate_sweep(llama, tokenizer, PROMPTS, SETTINGS, NEW_TOKENS, stop_at_eos=False)

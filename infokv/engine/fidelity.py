@@ -30,6 +30,8 @@ from infokv.signals.divergence import position_divergence
 
 LOG_PROB_ELEMENTS = 1 << 26
 """fp32 log-probabilities per chunk over all rows (256 MiB; the reference rows' copy doubles it)."""
+FORWARD_TOKENS = 256
+"""Answer tokens fed per forward; their log-probabilities follow :data:`LOG_PROB_ELEMENTS` at a time."""
 
 SCALAR_KEYS = ("kl_mean", "kl_max", "argmax_agreement", "nll_mean", "nll_sum", "reference_tokens")
 """The per-sample numbers of a fidelity record (``kl_per_position`` is the one list beside them)."""
@@ -61,7 +63,8 @@ def teacher_forced_log_probs(
     """(start, log-probabilities (R, c, V)) of the next token at answer positions start … start + c − 1.
 
     ``first_logits`` (R, V) predict a_0; ``answers`` (R, n) with ``valid`` (R, n) are fed from ``positions``
-    (R,) on, appended to ``state``, so the rows' distributions of a_1 … a_{n−1} follow chunk by chunk.
+    (R,) on, :data:`FORWARD_TOKENS` per forward, appended to ``state``, so the rows' distributions of
+    a_1 … a_{n−1} follow chunk by chunk.
     """
     rows, length = answers.shape
     if length == 0:
@@ -69,8 +72,8 @@ def teacher_forced_log_probs(
     yield 0, first_logits.float().log_softmax(dim=-1)[:, None]
     to_logits = LogitHead.of(model)
     chunk = max(1, LOG_PROB_ELEMENTS // (rows * first_logits.shape[-1]))
-    for start in range(0, length - 1, chunk):
-        stop = min(length - 1, start + chunk)
+    for start in range(0, length - 1, FORWARD_TOKENS):
+        stop = min(length - 1, start + FORWARD_TOKENS)
         offsets = torch.arange(start, stop, device=positions.device)
         fed_valid = valid[:, start:stop]
         hidden = forward_hidden(
@@ -80,7 +83,8 @@ def teacher_forced_log_probs(
             positions[:, None] + offsets,
             None if bool(fed_valid.all()) else fed_valid,
         )
-        yield start + 1, to_logits(hidden).float().log_softmax(dim=-1)
+        for block in range(0, stop - start, chunk):
+            yield start + 1 + block, to_logits(hidden[:, block : block + chunk]).float().log_softmax(dim=-1)
 
 
 def summarise(kl: torch.Tensor, agree: torch.Tensor, nll: torch.Tensor) -> dict[str, object]:

@@ -47,6 +47,7 @@ from infokv.hf.cache import KVState
 from infokv.hf.forward import forward_hidden
 from infokv.hf.logit_head import LogitHead
 from infokv.methods.base import Requirement
+from infokv.signals.divergence import kl_divergence
 
 MODES = ("context", "cache")
 KINDS = ("method", "entropy", "random")
@@ -190,11 +191,6 @@ def choose(scores: torch.Tensor, candidates: torch.Tensor, count: int) -> torch.
 # --------------------------------------------------------------------------------------------------
 # Measuring the influence
 # --------------------------------------------------------------------------------------------------
-
-
-def kl_divergence(reference_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) = Σ_v p_v (log p_v − log q_v) per row of (n, V) log-probabilities; (n,)."""
-    return (reference_log_probs.exp() * (reference_log_probs - log_probs)).sum(dim=-1)
 
 
 def eviction_masks(evictions: Sequence[torch.Tensor], length: int) -> tuple[torch.Tensor, list[int]]:

@@ -4,7 +4,9 @@
 requested methods need; each (method, budget) setting then selects its kept tokens from the same
 full cache, and all settings decode together as one batch whose rows keep different numbers of
 tokens (shorter rows are filled with masked entries). A sweep therefore costs one prefill per
-sample plus one batched decode, not one prefill and decode per setting.
+sample plus one batched decode, not one prefill and decode per setting. With ``fidelity`` every
+setting compressed at prefill is also compared with the full cache by teacher forcing the full cache's
+answer through its cache (:mod:`infokv.engine.fidelity`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from infokv.engine.capture import Captured, prefill
 from infokv.engine.config_values import boolean, integer
 from infokv.engine.decode_signals import DecodeTracker, entries_from_prefill
 from infokv.engine.decoding import DecodeBatch, DecodeCompression, decode
+from infokv.engine.fidelity import measure
 from infokv.engine.sampling import Sampler
 from infokv.engine.views import PrefillView
 from infokv.hf.cache import KVState
@@ -82,6 +85,8 @@ class Completion:
     method: str
     budget: str
     stats: dict[str, object] = field(default_factory=dict)
+    fidelity: dict[str, object] = field(default_factory=dict)
+    """Teacher-forced fidelity to the full cache (:mod:`infokv.engine.fidelity`); empty when not measured."""
 
 
 @dataclass
@@ -372,6 +377,7 @@ def generate_sweep(
     compress_prompt: bool = False,
     stop_at_eos: bool = True,
     cuda_graphs: bool = True,
+    fidelity: bool = True,
 ) -> list[list[Completion]]:
     """Completions for every setting and prompt: ``result[setting][prompt · samples + sample]``.
 
@@ -379,6 +385,17 @@ def generate_sweep(
     settings decode together. ``samples`` > 1 draws that many completions per prompt, sample i
     with seed ``seed + i`` (or ``seed[prompt] + i``). ``cuda_graphs`` lets decoding steps replay a captured
     CUDA graph between compressions (:mod:`infokv.engine.graphed_decode`; no effect off CUDA).
+
+    ``fidelity`` fills :attr:`Completion.fidelity` of every setting without decoding compression: the full
+    cache's answer (same prompt and draw) is teacher-forced through the setting's compressed cache
+    (:mod:`infokv.engine.fidelity`). The reference is the sweep's full setting; without one, a full setting
+    (:func:`reference_setting`) is decoded as well and its completions are not returned. Settings that
+    compress while decoding are not measured: their caches change along their own generation, so
+    teacher forcing the full answer would need a compressing decode of it (their ``fidelity`` stays empty).
+    Cost: one forward of the answer tokens for the measured rows after decoding; the batch's full prompt
+    cache is kept while decoding (it is anyway when rows share it, :func:`shares_prompt`), and the measured
+    rows' compressed caches are gathered from it again afterwards (the memory a decode of gathered copies
+    holds), after which it is freed.
     """
     resolved = build_settings(settings, compress_every, compress_prompt)
     tokenized = tokenize(tokenizer, prompts, compress)
@@ -393,10 +410,13 @@ def generate_sweep(
     if not isinstance(cuda_graphs, bool):
         raise ValueError(f"cuda_graphs {cuda_graphs!r} must be true or false")
     boolean("stop_at_eos", stop_at_eos)
+    boolean("fidelity", fidelity)
     check_model(model)
     if batch_size is not None:
         integer("batch_size", batch_size, 1)
     unique = list(dict.fromkeys(resolved))  # equal settings (e.g. full at two budgets) are decoded once
+    if fidelity and _measured(unique) and not any(is_reference(setting) for setting in unique):
+        unique.append(reference_setting())  # decoded for the reference answer, never returned
     step = batch_size or len(tokenized)
     options = {
         "max_new_tokens": max_new_tokens,
@@ -405,6 +425,7 @@ def generate_sweep(
         "prefill_chunk": prefill_chunk,
         "stop_at_eos": stop_at_eos,
         "cuda_graphs": cuda_graphs,
+        "fidelity": fidelity,
     }
     results: list[list[Completion]] = [[] for _ in unique]
     for start in range(0, len(tokenized), step):
@@ -413,6 +434,21 @@ def generate_sweep(
         for index, completions in enumerate(outputs):
             results[index].extend(completions)
     return [results[unique.index(setting)] for setting in resolved]
+
+
+def is_reference(setting: Setting) -> bool:
+    """Whether ``setting`` keeps the full cache throughout: the fidelity reference."""
+    return not setting.method.evicts and setting.decode is None
+
+
+def reference_setting() -> Setting:
+    """The full cache, added to a sweep that measures fidelity but has no full setting of its own."""
+    return Setting.build("full", 1.0)
+
+
+def _measured(settings: Sequence[Setting]) -> list[int]:
+    """Indices of the settings whose fidelity is measured: those compressed at prefill only."""
+    return [index for index, setting in enumerate(settings) if setting.decode is None]
 
 
 def _requirements(settings: Sequence[Setting]) -> tuple[set, set]:
@@ -436,8 +472,10 @@ def _run_batch(
     prefill_chunk: int,
     stop_at_eos: bool,
     cuda_graphs: bool,
+    fidelity: bool,
 ) -> list[list[Completion]]:
-    """One batch through every setting: prefill once, compress per setting, decode all rows together.
+    """One batch through every setting: prefill once, compress per setting, decode all rows together, then
+    with ``fidelity`` teacher-force the full setting's answers through the measured settings' caches.
 
     Settings run widest first (:func:`widest_first`) and their completions come back in the given order."""
     device = model.device
@@ -463,6 +501,8 @@ def _run_batch(
     rows_state, selections, layers = _compress_copies(
         model, state, captured, settings, share, rows, decode_needs
     )
+    measured = _measured(settings) if fidelity else []
+    prompt_state = state if measured else None  # the measured caches are gathered from it after decoding
     del state
     compress_seconds = time.perf_counter() - clock
     tracker = DecodeTracker(decode_needs, layers, captured.scaling)
@@ -489,17 +529,37 @@ def _run_batch(
             stop_at_eos,
             cuda_graphs,
         )
+    del rows_state, decode_batch
     decode_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    fidelities: dict[int, list[dict[str, object]]] = {}
+    if measured:
+        forced_state = _measured_rows(prompt_state, selections, measured, len(batch))
+        del prompt_state
+        fidelities = _fidelity(
+            model, forced_state, batch, settings, measured, tokens, captured, last_logits, pad_id
+        )
     shared = {
         "batch_size": len(batch),
         "settings": len(settings),
         "prefill_seconds": prefill_seconds,
         "compress_seconds": compress_seconds,
         "decode_seconds": decode_seconds,
+        "fidelity_seconds": time.perf_counter() - clock,
     }
     results = [
         _completions(
-            tokenizer, batch, setting, selections[index], tokens, row_stats, index, seeds, stop_ids, shared
+            tokenizer,
+            batch,
+            setting,
+            selections[index],
+            tokens,
+            row_stats,
+            index,
+            seeds,
+            stop_ids,
+            shared,
+            fidelities.get(index),
         )
         for index, setting in enumerate(settings)
     ]
@@ -524,6 +584,42 @@ def _compress_copies(
             query_heads = model.config.get_text_config(decoder=True).num_attention_heads
             layers = entries_from_prefill(captured, rows, indices, decode_needs, query_heads)
     return rows_state, selections, layers
+
+
+def _measured_rows(
+    state: KVState, selections: Sequence[list[Selection]], measured: Sequence[int], batch: int
+) -> KVState:
+    """Gathered copies of the compressed prompt caches of settings ``measured``, rows setting-major."""
+    indices, valid = combine_groups([selections[index] for index in measured])
+    rows = torch.arange(batch, device=indices[0].device).repeat(len(measured))
+    with torch.inference_mode():
+        return state.gather(rows, indices, valid)
+
+
+def _fidelity(
+    model: PreTrainedModel,
+    state: KVState,
+    batch: Sequence[Tokenized],
+    settings: Sequence[Setting],
+    measured: Sequence[int],
+    tokens: Sequence[list[int]],
+    captured: Captured,
+    last_logits: torch.Tensor,
+    pad_id: int,
+) -> dict[int, list[dict[str, object]]]:
+    """Fidelity records of the measured settings (index → one per prompt) from their caches ``state``
+    (:func:`_measured_rows`): questions are fed as before decoding, then the full setting's answers."""
+    size, copies = len(batch), len(measured)
+    reference = next(index for index in measured if is_reference(settings[index]))
+    answers = [tokens[reference * size + row] for row in range(size)] * copies
+    reference_rows = torch.arange(size).repeat(copies) + measured.index(reference) * size
+    tracker = DecodeTracker(set(), [], captured.scaling)  # nothing is tracked here
+    with torch.inference_mode():
+        first_logits, positions, _ = _read_questions(
+            model, state, tracker, batch, captured.lengths.repeat(copies), last_logits, copies, pad_id
+        )
+        records = measure(model, state, first_logits, answers, positions, reference_rows, pad_id)
+    return {index: records[copy * size : (copy + 1) * size] for copy, index in enumerate(measured)}
 
 
 def _read_questions(
@@ -563,8 +659,10 @@ def _completions(
     seeds: Sequence[int],
     stop_ids: Sequence[int],
     shared: dict,
+    fidelity: Sequence[dict[str, object]] | None,
 ) -> list[Completion]:
-    """The completions of setting number ``index``: its rows ``index · B`` … ``index · B + B − 1``."""
+    """The completions of setting number ``index``: its rows ``index · B`` … ``index · B + B − 1``, with
+    their ``fidelity`` records when measured."""
     completions = []
     for row, item in enumerate(batch):
         flat = index * len(batch) + row
@@ -584,7 +682,8 @@ def _completions(
             **shared,
         }
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        completions.append(Completion(text, ids, setting.method.name, setting.budget.label(), stats))
+        record = {} if fidelity is None else fidelity[row]
+        completions.append(Completion(text, ids, setting.method.name, setting.budget.label(), stats, record))
     return completions
 
 

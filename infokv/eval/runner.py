@@ -337,6 +337,7 @@ def _record(cfg, sample, draw: int, item: JobSetting, prompt, completion, scored
         "prompt": prompt.text,
         "completion": completion.text,
         "stats": completion.stats,
+        "fidelity": completion.fidelity,
     }
 
 

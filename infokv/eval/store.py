@@ -146,6 +146,8 @@ ENVIRONMENT_NAME = "environment.json"
 RECORDS_GLOB = "samples*.jsonl"
 CLAIMS_NAME = ".claims"
 KEY_FIELDS = ("sample_id", "setting", "sample_index")
+SPREAD_OR_LEFT_OUT = ("metrics", "details", "stats", "fidelity")
+"""Record fields that :func:`records_frame` spreads into columns of their own or leaves out."""
 
 
 class HasId(Protocol):
@@ -273,14 +275,22 @@ def run_directories(root: str | Path) -> list[Path]:
 
 
 def records_frame(records: Iterable[dict]):
-    """Records as a pandas DataFrame, one row each: ``metrics`` spread into ``metric.<name>`` columns,
+    """Records as a pandas DataFrame, one row each: ``metrics`` spread into ``metric.<name>`` columns, the
+    scalars of ``fidelity`` into ``fidelity.<name>`` columns (its per-position list stays in the JSONL),
     ``details`` and ``stats`` left out."""
     import pandas as pd
 
     rows = []
     for record in records:
-        row = {key: value for key, value in record.items() if key not in ("metrics", "details", "stats")}
+        row = {key: value for key, value in record.items() if key not in SPREAD_OR_LEFT_OUT}
         row.update({f"metric.{name}": value for name, value in record.get("metrics", {}).items()})
+        row.update(
+            {
+                f"fidelity.{name}": value
+                for name, value in (record.get("fidelity") or {}).items()
+                if not isinstance(value, list)
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 

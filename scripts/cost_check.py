@@ -229,18 +229,44 @@ def markdown_table(header: list[str], lines: list[list[object]]) -> list[str]:
     ]
 
 
+def one_method_rows(rows: list[dict[str, str]]) -> list[list[object]]:
+    """Per job measured both ways: the job with all its methods against the sum of the jobs of one method
+    each (those measured), measured and estimated."""
+    single: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        if " method=[" in row["overrides"]:
+            single.setdefault(row["overrides"].split(" method=[")[0], []).append(row)
+    lines = []
+    for row in rows:
+        alone = single.get(row["overrides"], [])
+        if not alone or " method=[" in row["overrides"]:
+            continue
+        measured = sum(float(r["seconds"]) for r in alone)
+        estimated = sum(float(r["estimate_seconds"] or "nan") for r in alone)
+        names = f"{len(alone)} of {len(row['methods'].split())}: " + " ".join(r["methods"] for r in alone)
+        lines.append(
+            [row["model"], row["prompt_tokens"], names, row["seconds"], f"{measured:.1f}",
+             f"{measured / float(row['seconds']):.2f}", row["estimate_seconds"], f"{estimated:.1f}",
+             f"{estimated / float(row['estimate_seconds'] or 'nan'):.2f}"]
+        )  # fmt: skip
+    return lines
+
+
 def readme(rows: list[dict[str, str]], projected: list[dict[str, object]], command: str) -> str:
     """``results/cost/README.md`` from the rows: every figure is read from them, none typed by hand."""
     calls = sorted({(r["commit"], r["device"], r["software"]) for r in rows})
     measured = markdown_table(
-        ["part", "model", "prompt tokens", "samples", "new tokens", "settings", "build s", "data s",
-         "measured s", "estimate s", "measured / estimate"],
-        [[r["part"], r["model"], r["prompt_tokens"], r["samples"], r["new_tokens"], r["settings"],
+        ["part", "model", "methods", "prompt tokens", "samples", "max new", "new tokens", "settings",
+         "build s", "data s", "measured s", "estimate s", "measured / estimate"],
+        [[r["part"], r["model"], r["methods"], r["prompt_tokens"], r["samples"], r["max_new_tokens"],
+          r["new_tokens"], r["settings"],
           r["build_seconds"], r["prepare_seconds"], r["seconds"], r["estimate_seconds"],
           r["measured_over_estimate"]] for r in rows],
     )  # fmt: skip
     ratios: dict[str, list[float]] = {}
     for r in rows:
+        if not r["measured_over_estimate"] or " method=[" in r["overrides"]:
+            continue
         ratios.setdefault(r["part"], []).append(float(r["measured_over_estimate"]))
     correction = {part: statistics.mean(values) for part, values in ratios.items()}
     totals: dict[str, list[float]] = {}
@@ -274,7 +300,10 @@ def readme(rows: list[dict[str, str]], projected: list[dict[str, object]], comma
         " the paper's architecture (`model=random-...`) and the offline `passkey` generator standing in"
         " for the hub data at the preset's prompt length; prompt tokens are counted by the stand-in"
         " tokenizer. Measured: the job's samples (`run_job` less the model's build and the data's"
-        " preparation, both shown). Estimate: `infokv.eval.cost.job_cost` of the same configuration.",
+        " preparation, both shown), so it includes the first use of kernels in each process and"
+        " every compression; `max new` is the job's `max_new_tokens` and `new tokens` what its"
+        " completions generated in all (random weights seldom stop early). Estimate:"
+        " `infokv.eval.cost.job_cost` of the same configuration.",
         "",
         f"Estimates added by `{command}`. Measuring calls (commit, device, software):",
         "",
@@ -284,11 +313,34 @@ def readme(rows: list[dict[str, str]], projected: list[dict[str, object]], comma
         "",
         *measured,
         "",
+        "## One method per job",
+        "",
+        "The same job with all the preset's methods on one prefill per sample, against the jobs of one"
+        " method each that were measured (their methods listed), in seconds; `×` is the second over the"
+        " first.",
+        "",
+        *markdown_table(
+            [
+                "model",
+                "prompt tokens",
+                "methods run alone",
+                "shared s",
+                "alone s",
+                "×",
+                "estimate shared s",
+                "estimate alone s",
+                "estimate ×",
+            ],
+            one_method_rows(rows),
+        ),
+        "",
         "## The paper tables, projected",
         "",
         "`job_cost` of every job of the two presets as configured (hub data not readable here: the"
         " benchmarks' published sizes and nominal prompt lengths), summed per table; the corrected columns"
-        " multiply by the mean measured/estimate ratio of that part's measured jobs above.",
+        " multiply by the mean measured/estimate ratio of that part's measured jobs of all the preset's"
+        " methods above, carried over as it is where those jobs generated fewer tokens than the preset's"
+        " `max_new_tokens`.",
         "",
         *projection,
         "",

@@ -35,6 +35,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from infokv.engine.fidelity import SCALAR_KEYS
 from infokv.eval.configs import register_configs
 from infokv.eval.cost import job_cost
 from infokv.eval.host_memory import keep_freed_memory
@@ -71,12 +72,20 @@ def track(cfg: DictConfig, directory: Path, table: pd.DataFrame) -> None:
         "samples",
         [
             {k: r[k] for k in ("sample_id", "sample_index", "setting", "score", "extracted", "completion")}
+            | {f"fidelity.{key}": (r.get("fidelity") or {}).get(key) for key in SCALAR_KEYS}
             for r in records
         ],
     )
     tracker.log_table("summary", table)
     if not table.empty:
-        tracker.log_metrics({f"{row.method}@{row.budget}/score": row.score for row in table.itertuples()})
+        means = ["score"] + [f"fidelity.{key}" for key in SCALAR_KEYS if f"fidelity.{key}" in table]
+        tracker.log_metrics(
+            {
+                f"{row['method']}@{row['budget']}/{key}": row[key]
+                for _, row in table.iterrows()
+                for key in means
+            }
+        )
     tracker.finish()
 
 

@@ -66,6 +66,9 @@ class PrefillScenario:
     samples: int = 1  # completions per prompt
     prefill_chunk: int = 4096  # prompt tokens per forward of the chunked prefill
     cuda_graphs: bool = True  # on CUDA, decoding steps that compress nothing replay a captured graph
+    # KL(full ‖ compressed), argmax agreement and NLL of the full cache's answer, teacher-forced through
+    # each compressed cache (infokv.engine.fidelity): one forward of the answer per setting
+    fidelity: bool = True
 
 
 @dataclass

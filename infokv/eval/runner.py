@@ -436,6 +436,7 @@ def score_batch(cfg: DictConfig, work: Work, model, batch: list) -> Iterator[lis
         samples=scenario.samples,
         prefill_chunk=scenario.prefill_chunk,
         cuda_graphs=scenario.cuda_graphs,
+        fidelity=bool(scenario.get("fidelity", False)),
     )
     draws = scenario.samples
     for position, (sample, prompt) in enumerate(zip(batch, prompts, strict=True)):

@@ -199,7 +199,7 @@ def cli_cases() -> list[Case]:
         ),
         Case("threads", ["model.threads=0"], "model.threads 0 is not allowed"),
         Case("temperature", ["scenario.temperature=-1"], "scenario.temperature -1"),
-        Case("top_p", ["scenario.top_p=0"], "scenario.top_p 0 is not allowed; use a number in (0, 1]"),
+        Case("top_p", ["scenario.top_p=0"], "scenario.top_p 0.0 is not allowed; use a number in (0, 1]"),
         Case("prefill_chunk", ["scenario.prefill_chunk=0"], "scenario.prefill_chunk 0"),
         Case("cuda_graphs", ["scenario.cuda_graphs=maybe"], "scenario.cuda_graphs 'maybe'"),
         Case("max_new_tokens_0", ["max_new_tokens=0"], "max_new_tokens 0 is not allowed"),

@@ -120,7 +120,7 @@ def check_methods(node: DictConfig | None, scenario: str) -> dict[str, Method]:
         if unknown:
             allowed = ", ".join(method.params()) if method.evicts else "none"
             raise ValueError(f"{key}: method {name!r} has no parameter {unknown[0]}; allowed: {allowed}")
-        params = OmegaConf.to_container(typed(method_schema(name), entry), resolve=True)
+        params = OmegaConf.to_container(typed_at(key, method_schema(name), entry), resolve=True)
         params.pop("name")
         chosen[str(label)] = methods.get_for_phase(methods.get(name, **params), scenario)
     return chosen
@@ -204,10 +204,15 @@ def check_options(name: str, benchmark: ModuleType, options: DictConfig | None) 
     if unknown:
         listed = ", ".join(allowed) or "none"
         raise ValueError(f"benchmark.options.{unknown[0]} is not an option of {name}; allowed: {listed}")
+    typed_at("benchmark.options", schema, given)
+
+
+def typed_at(key: str, schema: type, node: dict) -> DictConfig:
+    """:func:`infokv.eval.configs.typed`, with a wrong value's key named from the job's root."""
     try:
-        typed(schema, given)
+        return typed(schema, node)
     except ValidationError as error:
-        error.full_key = f"benchmark.options.{error.full_key}"
+        error.full_key = f"{key}.{error.full_key}"
         raise
 
 

@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 # LAUNCHER=local (default) or slurm.
 SIZE ?= paper
 LAUNCHER ?= local
+# reproduce-table: the output_root of your runs (runs/, unless your local config sets another)
+RUNS ?= runs
 # Installed before the project so that pip keeps this build (here: a CPU wheel on local disk)
 # instead of resolving an unpinned, multi-GB CUDA torch.
 TORCH_SPEC ?= torch==2.13.0
@@ -55,7 +57,7 @@ bench:
 reproduce-table: venv model
 	$(BIN)/infokv-run experiment=$(SIZE)_prefill launcher=$(LAUNCHER)
 	$(BIN)/infokv-run experiment=$(SIZE)_decode launcher=$(LAUNCHER)
-	$(BIN)/python experiments/reproduce_table.py --size $(SIZE)
+	$(BIN)/python experiments/reproduce_table.py --size $(SIZE) --runs $(RUNS)
 
 # Fidelity to kvpress 0.5.5 (scripts/fidelity_kvpress.py): kvpress runs in its own env on the CPU, our
 # methods in .venv, on the same token ids; writes results/fidelity/ and tests/data/kvpress_oracle.json.

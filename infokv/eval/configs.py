@@ -93,6 +93,17 @@ class ShardConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """Where ``launcher=slurm`` submits (``conf/launcher/slurm.yaml`` reads these; null: the cluster's
+    default). Set once in your ``local`` config (``conf/local/example.yaml``)."""
+
+    account: str | None = None  # Slurm account to charge
+    partition: str | None = None  # Slurm partition
+    qos: str | None = None  # Slurm QOS
+    constraint: str | None = None  # node features, e.g. "h100|a100"
+
+
+@dataclass
 class JobConfig:
     """One job of ``infokv-run``: a model, a benchmark, a scenario, and methods at one or more budgets."""
 
@@ -108,7 +119,9 @@ class JobConfig:
     max_new_tokens: int = "${benchmark.max_new_tokens}"  # type: ignore[assignment]
     batch_size: int = 4  # prompts prefilled and decoded together
     shard: ShardConfig = field(default_factory=ShardConfig)
-    output_dir: str = "runs"  # run directories go below this folder (resumable; not committed)
+    output_root: str = "runs"  # the folder of all run directories (presets use a subfolder of it)
+    output_dir: str = "${output_root}"  # run directories go below this folder (resumable; not committed)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     dry_run: bool = False  # print what the job would compute and its cost, load no weights
     progress: bool = True  # progress bar over samples
     verbose: bool = False  # errors: one line (false) or the full traceback (true; also HYDRA_FULL_ERROR=1)

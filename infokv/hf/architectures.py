@@ -40,43 +40,36 @@ _LLAMA3_ROPE = {
 }
 
 
-def llama_3_1_8b() -> LlamaConfig:
-    """Llama-3.1-8B: 32 layers of width 4096, 32 query and 8 KV heads of 128, 128K context."""
+def _llama3(
+    hidden: int, intermediate: int, layers: int, heads: int, rope_factor: float, tied: bool
+) -> LlamaConfig:
+    """A Llama-3 config: 128256-token vocabulary, 8 KV heads of 128, 128K context with llama3 RoPE."""
     return LlamaConfig(
         vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         num_key_value_heads=8,
         head_dim=128,
         max_position_embeddings=131072,
         rms_norm_eps=1e-5,
         bos_token_id=128000,
         eos_token_id=128001,
-        tie_word_embeddings=False,
-        rope_parameters={**_LLAMA3_ROPE, "factor": 8.0},
+        tie_word_embeddings=tied,
+        rope_parameters={**_LLAMA3_ROPE, "factor": rope_factor},
     )
+
+
+def llama_3_1_8b() -> LlamaConfig:
+    """Llama-3.1-8B: 32 layers of width 4096, 32 query and 8 KV heads of 128, 128K context."""
+    return _llama3(4096, 14336, 32, 32, rope_factor=8.0, tied=False)
 
 
 def llama_3_2_3b() -> LlamaConfig:
     """Llama-3.2-3B: 28 layers of width 3072, 24 query and 8 KV heads of 128, the LM head tied to the
     input embedding, 128K context."""
-    return LlamaConfig(
-        vocab_size=128256,
-        hidden_size=3072,
-        intermediate_size=8192,
-        num_hidden_layers=28,
-        num_attention_heads=24,
-        num_key_value_heads=8,
-        head_dim=128,
-        max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        bos_token_id=128000,
-        eos_token_id=128001,
-        tie_word_embeddings=True,
-        rope_parameters={**_LLAMA3_ROPE, "factor": 32.0},
-    )
+    return _llama3(3072, 8192, 28, 24, rope_factor=32.0, tied=True)
 
 
 def qwen2_7b() -> Qwen2Config:

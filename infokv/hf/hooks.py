@@ -109,48 +109,9 @@ def _single_query_attention(
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    if valid is None or query.is_cuda:
-        # On CUDA the spans' host read (.tolist) would stall the launch queue at every layer of every
-        # step; the masked full-width kernel is cheap there. The grouping pays off on CPU.
-        mask = None if valid is None else valid[:, None, None, :]
-        output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
-        return output.reshape(batch, query_heads, 1, dim)
-    outputs = []
-    for rows, first in _row_groups(valid):
-        outputs.append(
-            F.scaled_dot_product_attention(
-                grouped[rows],
-                key[rows, :, first:],
-                value[rows, :, first:],
-                attn_mask=valid[rows, None, None, first:],
-                scale=scaling,
-            )
-        )
-    return torch.cat(outputs).reshape(batch, query_heads, 1, dim)
-
-
-ROW_GROUP_SLACK = 1.25
-"""Rows attended together may differ in span by this factor (wasted work vs. one more kernel call)."""
-
-
-def _row_groups(valid: torch.Tensor) -> list[tuple[slice, int]]:
-    """Contiguous runs of rows with similar spans, and the first key index each run must attend.
-
-    A row's span starts at its first valid entry: the filler of a compressed cache sits in front
-    (:func:`infokv.methods.selection.combine_groups`), so rows that keep few tokens skip most of a cache
-    padded to the widest row (a full-cache row of a sweep). Masked keys get zero weight, so
-    dropping them leaves the output unchanged.
-    """
-    keys = valid.shape[-1]
-    spans = (keys - valid.int().argmax(dim=-1)).tolist()
-    groups, start, low, high = [], 0, spans[0], spans[0]
-    for row in range(1, len(spans)):
-        low, high = min(low, spans[row]), max(high, spans[row])
-        if high > ROW_GROUP_SLACK * low:
-            groups.append((slice(start, row), keys - max(spans[start:row])))
-            start, low, high = row, spans[row], spans[row]
-    groups.append((slice(start, len(spans)), keys - max(spans[start:])))
-    return groups
+    mask = None if valid is None else valid[:, None, None, :]
+    output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
+    return output.reshape(batch, query_heads, 1, dim)
 
 
 def _flash_attention(module, query, key, value, scaling, backend, **kwargs) -> torch.Tensor:

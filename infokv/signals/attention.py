@@ -22,19 +22,8 @@ import torch.nn.functional as F
 
 POOLINGS = ("max", "avg", "none")
 REDUCTIONS = ("mean", "max")
-CPU_ITEM_ELEMENTS = 1 << 18
-"""fp32 logits per query block and (row, KV head) on CPU: 1 MiB each, near the size of a core's L2 cache.
-The rows of a batch share each block's products, so the kernels get more work per call at larger batches."""
-DEVICE_BLOCK_ELEMENTS = 1 << 26
-"""fp32 logits per query block for the whole batch elsewhere (256 MiB), where fewer, larger kernels win."""
-
-
-def _block_queries(device: torch.device, batch: int, query_heads: int, kv_heads: int, keys: int) -> int:
-    """Queries per block of :func:`blockwise_attention`: :data:`CPU_ITEM_ELEMENTS` or
-    :data:`DEVICE_BLOCK_ELEMENTS`."""
-    if device.type == "cpu":
-        return max(1, CPU_ITEM_ELEMENTS // (query_heads // kv_heads * keys))
-    return max(1, DEVICE_BLOCK_ELEMENTS // (batch * query_heads * keys))
+BLOCK_ELEMENTS = 1 << 26
+"""fp32 logits per query block of :func:`blockwise_attention` for the whole batch (256 MiB)."""
 
 
 def _grouped_logits(grouped: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -88,7 +77,7 @@ def blockwise_attention(
     kv_heads, keys = key.shape[1], key.shape[2]
     groups = query_heads // kv_heads
     first = keys - queries
-    block = min(queries, _block_queries(query.device, batch, query_heads, kv_heads, keys))
+    block = min(queries, max(1, BLOCK_ELEMENTS // (batch * query_heads * keys)))
     grouped = query.reshape(batch, kv_heads, groups, queries, dim)
     total = torch.zeros(batch, kv_heads, groups, keys, device=query.device)
     future = torch.ones(block, block, dtype=torch.bool, device=query.device).triu_(1)

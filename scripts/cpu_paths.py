@@ -32,10 +32,17 @@ from pathlib import Path
 
 import torch
 
-SWITCH_OFF = {"baseline": ""}
-"""Code that switches each CPU-specific path off in a fresh process (``baseline``: nothing). Empty since the
-paths measured in ``results/bench/cpu_paths.md`` were removed; this script at the commit named there holds
-their switches. A new CPU-specific path gets a line here, so the script weighs it against the generic path."""
+SWITCH_OFF = {
+    "baseline": "",
+    "l2_blocks": (
+        "import infokv.signals.attention as a, infokv.kernels.blocks as b; a.queries_per_block = "
+        "lambda device, batch, heads, kv, keys: max(1, b.DEVICE_BLOCK_ELEMENTS // (batch * heads * keys))"
+    ),
+}
+"""Code that switches each CPU-specific path off in a fresh process (``baseline``: nothing). ``l2_blocks``:
+blockwise attention with the device block size instead of L2-sized blocks (:mod:`infokv.kernels.blocks`).
+The other paths measured in ``results/bench/cpu_paths.md`` were removed; this script at the commit named
+there holds their switches. A new CPU-specific path gets a line here, weighed against the generic path."""
 TEST_MODULES = ["tests/test_embedded_model.py", "tests/test_engine.py", "tests/test_decoding.py"]
 TARGETS = {
     "demo": "from infokv.eval import demo\ndemo.main([])\n",

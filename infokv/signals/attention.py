@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from infokv.kernels.blocks import queries_per_block
+
 POOLINGS = ("max", "avg", "none")
 REDUCTIONS = ("mean", "max")
-BLOCK_ELEMENTS = 1 << 26
-"""fp32 logits per query block of :func:`blockwise_attention` for the whole batch (256 MiB)."""
 
 
 def _grouped_logits(grouped: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -77,7 +77,7 @@ def blockwise_attention(
     kv_heads, keys = key.shape[1], key.shape[2]
     groups = query_heads // kv_heads
     first = keys - queries
-    block = min(queries, max(1, BLOCK_ELEMENTS // (batch * query_heads * keys)))
+    block = min(queries, queries_per_block(query.device, batch, query_heads, kv_heads, keys))
     grouped = query.reshape(batch, kv_heads, groups, queries, dim)
     total = torch.zeros(batch, kv_heads, groups, keys, device=query.device)
     future = torch.ones(block, block, dtype=torch.bool, device=query.device).triu_(1)

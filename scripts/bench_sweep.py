@@ -9,8 +9,7 @@ Measured, after one warm-up run of each: the median wall time over ``--repeats``
 (b) ``generate_sweep(model, tok, prompts, settings, max_new_tokens=M)``,
 on ``--samples`` passkey prompts (:mod:`infokv.eval.benchmarks.passkey_prompts`) of ``--tokens`` tokens,
 in one batch (4 by
-default, infokv-run's default ``batch_size``, so the figure is the cost per sample as the tool runs), in a
-process whose freed memory is kept for reuse as in ``infokv-run`` (:mod:`infokv.eval.host_memory`). The
+default, infokv-run's default ``batch_size``, so the figure is the cost per sample as the tool runs). The
 engine's own prefill / compress / decode split is recorded too, and each run's physical floor
 (:func:`generation_floor`: FLOPs over this machine's fp32 matrix rate, bytes over its copy bandwidth,
 both measured in the same process), so the ratio of the floors says what the sweep could cost at best
@@ -41,7 +40,6 @@ from transformers import PreTrainedModel
 
 from infokv import Completion, generate, generate_sweep, load_model, methods, signals
 from infokv.eval.benchmarks import passkey_prompts
-from infokv.eval.host_memory import keep_freed_memory
 
 TARGET = 1.5
 
@@ -142,7 +140,6 @@ def decoding_rows(results: Sequence[Sequence[Completion]]) -> list[tuple[int, fl
 
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
-    keep_freed_memory()  # as infokv-run does
     model, tokenizer = load_model(args.model)
     samples = passkey_prompts.passkey_samples(tokenizer, args.samples, args.tokens)
     prompts = [sample.prompt for sample in samples]

@@ -1,82 +1,155 @@
-"""Wall time of ``make demo`` (``python -m infokv.eval.demo``) with each CPU-specific path switched off.
+"""Time of ``make demo`` and of a test subset with each CPU-specific path switched off.
 
-Each run is a fresh process that replaces one path by the generic one before the demo starts, and
-prints the demo's table; the table must equal the baseline's (the paths change speed, not results).
-Paths (``--paths``; all by default):
+Each run is a fresh process that replaces one path by the generic one before its target starts:
 
-* ``mallopt``: :func:`infokv.eval.host_memory.keep_freed_memory` not applied.
-* ``row_groups``: single-query attention over every row at once (:func:`infokv.hf.hooks._row_groups`).
-* ``left_padded``: prefill chunks of a left-padded batch under a full (q × k) mask instead of per group
-  of rows (:func:`infokv.hf.hooks._left_padded_attention`, :func:`infokv.signals.attention._left_padded`).
-* ``l2_blocks``: blockwise attention with the device block size instead of L2-sized blocks per row.
-* ``two_stage_entropy``: entropy from fp32 logits in one stage instead of bfloat16 candidates first.
+* ``demo``: ``python -m infokv.eval.demo``; its table must equal the baseline's (the paths change
+  speed, not results);
+* ``tests``: ``pytest -q`` over :data:`TEST_MODULES`, the modules that run the engine on CPU; they
+  must pass as in the baseline.
 
-Writes ``--output`` (path, repeat, seconds, same_table) and prints the median per path.
+Paths (``--paths``; all of :data:`SWITCH_OFF` by default) are run in turn after a baseline in every
+repeat, so load from other jobs on a shared machine falls on all of them alike. Writes ``--output``
+(one row per run: wall and CPU seconds of the child process) and, next to it, a Markdown report with
+the median per path and target, the saving (1 − on/off) and the decision: a path is kept where it
+saves at least :data:`SAVING_TO_KEEP` of either target's CPU time.
 
-    python scripts/cpu_paths.py --repeats 1 --output results/bench/cpu_paths.csv
+    python scripts/cpu_paths.py --repeats 3 --output results/bench/cpu_paths.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
+import re
+import resource
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 SWITCH_OFF = {
     "baseline": "",
-    "mallopt": "import infokv.eval.host_memory as m; m.keep_freed_memory = lambda: False",
-    "row_groups": "import infokv.hf.hooks as h; h._row_groups = lambda valid: [(slice(0, len(valid)), 0)]",
-    "left_padded": (
-        "import infokv.hf.hooks as h, infokv.signals.attention as a; "
-        "h.valid_prefix = lambda *args: None; a.valid_prefix = lambda *args: None"
-    ),
     "l2_blocks": (
-        "import infokv.signals.attention as a; a._block_queries = lambda device, batch, heads, kv, keys: "
-        "max(1, a.DEVICE_BLOCK_ELEMENTS // (batch * heads * keys))"
-    ),
-    "two_stage_entropy": (
-        "from infokv.hf.logit_head import LogitHead; LogitHead.two_stages = lambda self, hidden, topk: False"
+        "import infokv.signals.attention as a, infokv.kernels.blocks as b; a.queries_per_block = "
+        "lambda device, batch, heads, kv, keys: max(1, b.DEVICE_BLOCK_ELEMENTS // (batch * heads * keys))"
     ),
 }
+"""Code that switches each CPU-specific path off in a fresh process (``baseline``: nothing). ``l2_blocks``:
+blockwise attention with the device block size instead of L2-sized blocks (:mod:`infokv.kernels.blocks`).
+The other paths measured in ``results/bench/cpu_paths.md`` were removed; this script at the commit named
+there holds their switches. A new CPU-specific path gets a line here, weighed against the generic path."""
+TEST_MODULES = ["tests/test_embedded_model.py", "tests/test_engine.py", "tests/test_decoding.py"]
+TARGETS = {
+    "demo": "from infokv.eval import demo\ndemo.main([])\n",
+    "tests": f"import sys, pytest\nsys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', *{TEST_MODULES}]))",
+}
+SAVING_TO_KEEP = 0.2
+OUTCOMES = re.compile(r"\d+ (?:passed|failed|skipped|xfailed|xpassed|errors?)\b")
 
 
-def run_demo(path: str) -> tuple[float, str]:
-    """Seconds of one demo process with ``path`` switched off, and what it printed but its own timings."""
-    code = f"{SWITCH_OFF[path]}\nfrom infokv.eval import demo\ndemo.main([])\n"
+def outcome(target: str, stdout: str) -> str:
+    """What must equal the baseline's: the demo's table (less its timing line), or pytest's counts."""
+    if target == "tests":
+        return ", ".join(OUTCOMES.findall(stdout.splitlines()[-1]))
+    return "\n".join(line for line in stdout.splitlines() if not line.startswith("sweep wall time"))
+
+
+def run(target: str, path: str, threads: int) -> tuple[float, float, str]:
+    """Wall and CPU seconds of a ``target`` process with ``path`` switched off, and its :func:`outcome`."""
+    code = f"import torch; torch.set_num_threads({threads})\n{SWITCH_OFF[path]}\n{TARGETS[target]}"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    table = [line for line in done.stdout.splitlines() if not line.startswith("sweep wall time")]
-    return time.perf_counter() - start, "\n".join(table)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu, outcome(target, done.stdout)
+
+
+def medians(rows: list[dict], target: str, path: str) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``path``'s runs of ``target``."""
+    runs = [row for row in rows if row["target"] == target and row["path"] == path]
+    return statistics.median(row["wall_s"] for row in runs), statistics.median(row["cpu_s"] for row in runs)
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> str:
+    """The Markdown report of ``rows``: medians, savings and the decision per path."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    lines = [
+        "# CPU-specific paths: time with each switched off",
+        "",
+        f"Generated by `{shlex.join(['python', *sys.argv])}` at commit {commit.strip() or 'unknown'} on a "
+        f"machine with {os.cpu_count()} CPU cores, {args.threads} torch thread(s) per run, shared with "
+        f"other jobs: every figure is the median of {args.repeats} run(s), each path right after a baseline.",
+        "",
+        "Targets: `demo` is `python -m infokv.eval.demo` (`make demo`); `tests` is "
+        f"`pytest -q {' '.join(TEST_MODULES)}`, the part of `make test` that runs the engine on CPU. "
+        "Saving is 1 − on/off of the child process's CPU seconds (wall seconds swing with the other "
+        f"jobs' load); a path is kept where it saves at least {SAVING_TO_KEEP:.0%} of either target.",
+        "",
+        "Baseline (every path on): "
+        + "; ".join(f"{target} {medians(rows, target, 'baseline')[1]:.1f} s CPU" for target in args.targets)
+        + ".",
+        "",
+        "| path | target | wall on (s) | wall off (s) | CPU on (s) | CPU off (s) | saving | same output |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    decisions = []
+    for path in args.paths:
+        savings = []
+        for target in args.targets:
+            wall_on, cpu_on = medians(rows, target, "baseline")
+            wall_off, cpu_off = medians(rows, target, path)
+            same = all(row["same"] for row in rows if row["target"] == target and row["path"] == path)
+            savings.append(1 - cpu_on / cpu_off)
+            lines.append(
+                f"| {path} | {target} | {wall_on:.1f} | {wall_off:.1f} | {cpu_on:.1f} | {cpu_off:.1f} "
+                f"| {savings[-1]:+.0%} | {'yes' if same else 'NO'} |"
+            )
+        keep = max(savings) >= SAVING_TO_KEEP
+        decisions.append(f"- `{path}`: {'kept' if keep else 'removed'} (best saving {max(savings):+.0%})")
+    return "\n".join([*lines, "", "Decision:", "", *decisions, ""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--paths", nargs="+", default=[path for path in SWITCH_OFF if path != "baseline"])
+    parser.add_argument("--paths", nargs="*", default=[path for path in SWITCH_OFF if path != "baseline"])
+    parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=list(TARGETS))
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads per run (1: CPU time counts work, not waiting)",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/bench/cpu_paths.csv"))
     args = parser.parse_args()
-    rows, tables = [], {}
+    unknown = sorted(set(args.paths) - set(SWITCH_OFF))
+    if unknown or min(args.repeats, args.threads) < 1:
+        parser.error(f"paths {unknown} are not among {sorted(SWITCH_OFF)}, or --repeats/--threads below 1")
+    rows, outputs = [], {}
     for repeat in range(args.repeats):
-        for path in ["baseline", *args.paths]:
-            seconds, table = run_demo(path)
-            tables.setdefault(path, table)
-            rows.append({"path": path, "repeat": repeat, "seconds": round(seconds, 2)})
-            print(f"{path:18s} {seconds:7.1f} s", flush=True)
-    for row in rows:
-        row["same_table"] = tables[row["path"]] == tables["baseline"]
+        for target in args.targets:
+            for path in ["baseline", *args.paths]:
+                wall, cpu, output = run(target, path, args.threads)
+                outputs.setdefault((target, path), output)
+                same = output == outputs[(target, "baseline")]
+                rows.append(
+                    {"target": target, "path": path, "repeat": repeat, "wall_s": round(wall, 2)}
+                    | {"cpu_s": round(cpu, 2), "same": same}
+                )
+                print(f"{target:6s} {path:18s} wall {wall:7.1f} s  cpu {cpu:7.1f} s  same {same}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "repeat", "seconds", "same_table"])
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    base = statistics.median(row["seconds"] for row in rows if row["path"] == "baseline")
-    for path in args.paths:
-        median = statistics.median(row["seconds"] for row in rows if row["path"] == path)
-        print(f"{path:18s} off: {median:6.1f} s, on saves {1 - base / median:+.0%} of the demo")
+    args.output.with_suffix(".md").write_text(report(rows, args))
 
 
 if __name__ == "__main__":

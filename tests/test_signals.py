@@ -9,7 +9,6 @@ from reference import Reference
 from infokv import methods, signals
 from infokv.engine.capture import prefill
 from infokv.engine.views import PrefillView
-from infokv.signals import attention
 from infokv.signals.entropy import top_values, topk_entropy
 
 LENGTH = 150
@@ -134,19 +133,3 @@ def test_expected_attention_scores_follow_the_formula(llama, prompt, sink):
         expected[head // groups, sink:] += logits.softmax(0) / groups
     expected = expected * values.norm(dim=-1)
     torch.testing.assert_close(method.score(view)[0].double(), expected, rtol=1e-4, atol=1e-7)
-
-
-@pytest.mark.parametrize("queries", [40, 12, 4])
-def test_left_padded_rows_attend_like_the_masked_batch(queries):
-    generator = torch.Generator().manual_seed(6)
-    query = torch.randn(3, 4, queries, 8, generator=generator)
-    key, value = (torch.randn(3, 2, 40, 8, generator=generator) for _ in range(2))
-    valid = torch.arange(40)[None, :] >= torch.tensor([[0], [7], [33]])  # row 2 starts among the queries
-    output, sums = attention.blockwise_attention(query, key, value, valid, 0.3)
-    masked_output, masked_sums = attention._blockwise(query, key, value, valid, 0.3)
-    rows, positions = valid[:, -queries:].nonzero(as_tuple=True)
-    torch.testing.assert_close(output[rows, :, positions], masked_output[rows, :, positions])
-    torch.testing.assert_close(sums, masked_sums)
-    padding_rows, padding_positions = (~valid[:, -queries:]).nonzero(as_tuple=True)
-    assert padding_rows.numel() or queries <= 40 - 33  # row 2 has padding queries unless all come after it
-    assert not output[padding_rows, :, padding_positions].any()

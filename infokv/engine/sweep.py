@@ -688,9 +688,8 @@ def _completions(
 
 
 def widest_first(kept: Sequence[int]) -> list[int]:
-    """Setting indices by decreasing kept entries (:func:`kept_entries`), so decoding rows of similar
-    width are adjacent and attention can skip the filler of narrow rows in groups
-    (:func:`infokv.hf.hooks._row_groups`)."""
+    """Setting indices by decreasing kept entries (:func:`kept_entries`), so decoding rows of equal width are
+    adjacent and fixed-shape steps attend them in few groups (:func:`infokv.kernels.prefix.valid_prefix`)."""
     return sorted(range(len(kept)), key=lambda index: -kept[index])
 
 

@@ -38,7 +38,6 @@ from omegaconf.errors import (
 from infokv.engine.fidelity import SCALAR_KEYS
 from infokv.eval.configs import register_configs
 from infokv.eval.cost import job_cost
-from infokv.eval.host_memory import keep_freed_memory
 from infokv.eval.runner import model_label, run_job, summarise
 from infokv.eval.store import unique_records
 from infokv.eval.tracking import Tracker
@@ -179,7 +178,6 @@ def run(cfg: DictConfig) -> None:
             path.write_text(json.dumps(row) + "\n")
         print_table("dry run: nothing is loaded or computed", pd.DataFrame([row]))
         return
-    keep_freed_memory()
     directory, table = run_job(cfg)
     if (path := job_output(RUN_POINTER)) is not None:
         path.write_text(str(directory.resolve()) + "\n")

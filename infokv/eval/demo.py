@@ -23,7 +23,6 @@ import pandas as pd
 from infokv import methods
 from infokv.engine.sweep import generate_sweep
 from infokv.eval.benchmarks import passkey_prompts
-from infokv.eval.host_memory import keep_freed_memory
 from infokv.hf.models import load_model
 
 
@@ -107,7 +106,6 @@ def reading(frame: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    keep_freed_memory()
     model, tokenizer = load_model(args.model)
     samples = passkey_prompts.passkey_samples(tokenizer, args.samples, args.tokens, args.seed)
     prompts = [sample.prompt if args.compress == "prompt" else sample.pair() for sample in samples]

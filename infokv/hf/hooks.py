@@ -27,7 +27,7 @@ from transformers import AttentionInterface, PreTrainedModel
 
 from infokv.hf.cache import KVState
 from infokv.kernels import causal_attention, decode_attention
-from infokv.kernels.prefix import ValidPrefix, valid_prefix
+from infokv.kernels.prefix import ValidPrefix
 
 ATTENTION_NAME = "infokv"
 Scaling = float | None
@@ -109,48 +109,9 @@ def _single_query_attention(
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    if valid is None or query.is_cuda:
-        # On CUDA the spans' host read (.tolist) would stall the launch queue at every layer of every
-        # step; the masked full-width kernel is cheap there. The grouping pays off on CPU.
-        mask = None if valid is None else valid[:, None, None, :]
-        output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
-        return output.reshape(batch, query_heads, 1, dim)
-    outputs = []
-    for rows, first in _row_groups(valid):
-        outputs.append(
-            F.scaled_dot_product_attention(
-                grouped[rows],
-                key[rows, :, first:],
-                value[rows, :, first:],
-                attn_mask=valid[rows, None, None, first:],
-                scale=scaling,
-            )
-        )
-    return torch.cat(outputs).reshape(batch, query_heads, 1, dim)
-
-
-ROW_GROUP_SLACK = 1.25
-"""Rows attended together may differ in span by this factor (wasted work vs. one more kernel call)."""
-
-
-def _row_groups(valid: torch.Tensor) -> list[tuple[slice, int]]:
-    """Contiguous runs of rows with similar spans, and the first key index each run must attend.
-
-    A row's span starts at its first valid entry: the filler of a compressed cache sits in front
-    (:func:`infokv.methods.selection.combine_groups`), so rows that keep few tokens skip most of a cache
-    padded to the widest row (a full-cache row of a sweep). Masked keys get zero weight, so
-    dropping them leaves the output unchanged.
-    """
-    keys = valid.shape[-1]
-    spans = (keys - valid.int().argmax(dim=-1)).tolist()
-    groups, start, low, high = [], 0, spans[0], spans[0]
-    for row in range(1, len(spans)):
-        low, high = min(low, spans[row]), max(high, spans[row])
-        if high > ROW_GROUP_SLACK * low:
-            groups.append((slice(start, row), keys - max(spans[start:row])))
-            start, low, high = row, spans[row], spans[row]
-    groups.append((slice(start, len(spans)), keys - max(spans[start:])))
-    return groups
+    mask = None if valid is None else valid[:, None, None, :]
+    output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
+    return output.reshape(batch, query_heads, 1, dim)
 
 
 def _flash_attention(module, query, key, value, scaling, backend, **kwargs) -> torch.Tensor:
@@ -253,22 +214,19 @@ def _chunk_attention_cuda(
 def _chunk_attention_cpu(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor | None, scaling: Scaling
 ) -> torch.Tensor:
-    """Causal attention of a chunk of queries on CPU: unmasked when queries and keys coincide, each group
-    of left-padded rows over its valid keys where the valid entries allow it, else a full mask."""
+    """Causal attention of a chunk of queries on CPU: unmasked when queries and keys coincide, else
+    under a full mask."""
     queries, keys = query.shape[2], key.shape[2]
     repeats = query.shape[1] // key.shape[1]
     if valid is None and queries == keys:
         return F.scaled_dot_product_attention(
             query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), is_causal=True, scale=scaling
         )
-    groups = valid_prefix(valid, len(query), keys)
-    if groups is not None:
-        return _left_padded_attention(query, key, value, groups, scaling)
     return _masked_attention(query, key, value, valid, scaling)
 
 
 def _masked_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float | None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor | None, scaling: Scaling
 ) -> torch.Tensor:
     """Attention under the full (q × k) mask of :func:`attention_mask_for`."""
     queries, keys = query.shape[2], key.shape[2]
@@ -277,30 +235,6 @@ def _masked_attention(
     return F.scaled_dot_product_attention(
         query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
     )
-
-
-def _left_padded_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: ValidPrefix, scaling: float | None
-) -> torch.Tensor:
-    """Causal attention (B, H_q, q, d) of the last q of the k keys, each group of left-padded rows over its
-    valid keys only, without a mask where its valid queries and keys coincide. On CPU a (q × k) mask sends
-    every row to a masked kernel that also works through the padding. Padding queries get 0."""
-    repeats = query.shape[1] // key.shape[1]
-    first = key.shape[2] - query.shape[2]
-    output = query.new_zeros(query.shape)
-    for rows, start in prefix.groups:
-        skip = max(0, start - first)
-        queries, keys = query.shape[2] - skip, key.shape[2] - start
-        mask = None if queries == keys else attention_mask_for(None, queries, keys, query.device)
-        output[rows, :, skip:] = F.scaled_dot_product_attention(
-            query[rows, :, skip:],
-            _repeat_heads(key[rows, :, start:], repeats),
-            _repeat_heads(value[rows, :, start:], repeats),
-            attn_mask=mask,
-            is_causal=mask is None,
-            scale=scaling,
-        )
-    return output
 
 
 AttentionInterface.register(ATTENTION_NAME, infokv_attention)

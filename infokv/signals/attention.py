@@ -20,23 +20,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from infokv.kernels.prefix import ValidPrefix, valid_prefix
+from infokv.kernels.blocks import queries_per_block
 
 POOLINGS = ("max", "avg", "none")
 REDUCTIONS = ("mean", "max")
-CPU_ITEM_ELEMENTS = 1 << 18
-"""fp32 logits per query block and (row, KV head) on CPU: 1 MiB each, near the size of a core's L2 cache.
-The rows of a batch share each block's products, so the kernels get more work per call at larger batches."""
-DEVICE_BLOCK_ELEMENTS = 1 << 26
-"""fp32 logits per query block for the whole batch elsewhere (256 MiB), where fewer, larger kernels win."""
-
-
-def _block_queries(device: torch.device, batch: int, query_heads: int, kv_heads: int, keys: int) -> int:
-    """Queries per block of :func:`blockwise_attention`: :data:`CPU_ITEM_ELEMENTS` or
-    :data:`DEVICE_BLOCK_ELEMENTS`."""
-    if device.type == "cpu":
-        return max(1, CPU_ITEM_ELEMENTS // (query_heads // kv_heads * keys))
-    return max(1, DEVICE_BLOCK_ELEMENTS // (batch * query_heads * keys))
 
 
 def _grouped_logits(grouped: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -82,84 +69,18 @@ def blockwise_attention(
     """Attention of q queries (the last q of the k keys) in query blocks, with its column sums.
 
     Returns the attention output (B, H_q, q, d) when ``value`` is given (else None) and
-    Σ_j softmax_i(q_j·k_i·s) per query head (B, H_q, k). Each block sees only the keys up to its
-    last query, and its fp32 probabilities are used for both results, so collecting H2O's
-    cumulative attention during prefill costs one softmax pass, not a second attention.
-    Off CUDA, left-padded rows (:func:`infokv.kernels.prefix.valid_prefix`) are attended without a
-    (q × k) mask
-    (:func:`_left_padded`) and padding queries get a zero output; on CUDA, finding each row's start would
-    read the mask back to the host, stalling a compression that is otherwise queued behind the prefill.
+    Σ_j softmax_i(q_j·k_i·s) per query head (B, H_q, k), under the mask ``valid`` (B, k) or none. Each
+    block sees only the keys up to its last query, and its fp32 probabilities are used for both results,
+    so collecting H2O's cumulative attention during prefill costs one softmax pass, not a second attention.
     """
-    prefix = None if valid is None or query.is_cuda else valid_prefix(valid, query.shape[0], key.shape[2])
-    if prefix is None:
-        return _blockwise(query, key, value, valid, scaling)
-    return _left_padded(query, key, value, prefix, scaling)
-
-
-def _left_padded(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None, prefix: ValidPrefix, scaling: float
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """:func:`blockwise_attention` of rows whose valid keys start at ``prefix``'s starts and run to the end.
-
-    With ``first`` the earliest start and ``last`` the latest: queries from ``last`` on are valid in every
-    row, so all rows attend keys from ``first`` together, each with its own padding columns masked (a
-    mask of (B, last − first) applied to each block's leading columns); each group of rows starting earlier
-    then attends its queries before ``last`` over its own keys before ``last``, unmasked.
-    """
-    batch, query_heads, queries, _ = query.shape
-    keys = key.shape[2]
-    offset = keys - queries  # position of the first query
-    starts = [start for rows, start in prefix.groups for _ in range(*rows.indices(batch))]
-    first, last = min(starts), max(starts)
-    sums = query.new_zeros(batch, query_heads, keys, dtype=torch.float32)
-    output = None if value is None else query.new_zeros(*query.shape[:3], value.shape[-1])
-
-    def attend(rows: slice, queries_at: slice, keys_at: slice, padding: torch.Tensor | None = None) -> None:
-        """Rows ``rows``' queries at ``queries_at`` over their keys at ``keys_at``, into output and sums."""
-        part = _blockwise(
-            query[rows, :, queries_at],
-            key[rows, :, keys_at],
-            None if value is None else value[rows, :, keys_at],
-            None,
-            scaling,
-            padding,
-        )
-        if output is not None:
-            output[rows, :, queries_at] = part[0]
-        sums[rows, :, keys_at] += part[1]
-
-    skip = max(0, last - offset)
-    if skip < queries:
-        columns = torch.arange(first, last, device=key.device)
-        padding = torch.tensor(starts, device=key.device)[:, None] > columns
-        attend(slice(None), slice(skip, None), slice(first, None), padding)
-    for rows, start in prefix.groups:
-        begin = max(start, offset)
-        if begin < last:
-            attend(rows, slice(begin - offset, last - offset), slice(start, last))
-    return output, sums
-
-
-def _blockwise(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor | None,
-    valid: torch.Tensor | None,
-    scaling: float,
-    padding: torch.Tensor | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """:func:`blockwise_attention` under the mask ``valid`` (B, k), or none; ``padding`` (B, w) instead
-    masks each row's leading key columns, for queries that all come after them."""
     batch, query_heads, queries, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     groups = query_heads // kv_heads
     first = keys - queries
-    block = min(queries, _block_queries(query.device, batch, query_heads, kv_heads, keys))
+    block = min(queries, queries_per_block(query.device, batch, query_heads, kv_heads, keys))
     grouped = query.reshape(batch, kv_heads, groups, queries, dim)
     total = torch.zeros(batch, kv_heads, groups, keys, device=query.device)
     future = torch.ones(block, block, dtype=torch.bool, device=query.device).triu_(1)
-    if padding is not None:
-        padding = padding[:, None, None, None, :]
     outputs = []
     for start in range(0, queries, block):
         stop = min(queries, start + block)
@@ -167,8 +88,6 @@ def _blockwise(
         if valid is None:
             logits = _grouped_logits(grouped[:, :, :, start:stop], key[:, :, :visible], scaling)
             logits[..., first + start :].masked_fill_(future[: stop - start, : stop - start], float("-inf"))
-            if padding is not None:
-                logits[..., : padding.shape[-1]].masked_fill_(padding, float("-inf"))
         else:
             logits = _masked_logits(
                 grouped[:, :, :, start:stop], key[:, :, :visible], valid[:, :visible], first + start, scaling

@@ -157,19 +157,24 @@ def test_shards_merge_into_one_result_and_a_rerun_skips_finished_samples(tmp_pat
     ).read_text()
 
 
+def kill_after_records(command: list[str], folder: Path, records: int) -> None:
+    """Start ``command`` in ``folder`` and SIGKILL it once its runs (``folder/runs``) hold ``records``."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if sum(len(unique_records(d)) for d in run_directories(folder / "runs")) >= records:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def test_killed_multirun_resumes_without_duplicates_or_losses(tmp_path):
     command = cli(
         "-m", "method=snapkv,streamingllm", *QUICK, f"output_dir={tmp_path / 'runs'}", "wandb=false",
         "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if sum(len(unique_records(d)) for d in run_directories(tmp_path / "runs")) >= 2:
-            break
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_records(command, tmp_path, 2)
     first = {d: unique_records(d) for d in run_directories(tmp_path / "runs")}
     scored = sum(map(len, first.values()))
     assert 2 <= scored < 8, "killed midway"
@@ -210,14 +215,7 @@ def test_killed_many_method_job_resumes_without_recomputing_or_losing_a_record(t
         "method=[snapkv,streamingllm]", "budget=[0.6,0.3]", *QUICK, f"output_dir={tmp_path / 'runs'}",
         "wandb=false", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}",
     )  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if sum(len(unique_records(d)) for d in run_directories(tmp_path / "runs")) >= 4:
-            break
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_records(command, tmp_path, 4)
     [directory] = run_directories(tmp_path / "runs")
     first = unique_records(directory)
     assert 4 <= len(first) < 16 and len(first) % 4 == 0, "killed between samples, each with its 4 records"

@@ -337,10 +337,11 @@ def reference_architecture() -> Architecture:
 
 
 def architecture(name: str, notes: list[str]) -> Architecture | None:
-    """The job's architecture: a known paper model, a random one, or a local model's config.json."""
+    """The job's architecture: a paper model, a random one, or the config.json of an embedded or local one."""
     from infokv.hf.architectures import for_model
+    from infokv.hf.models import EMBEDDED, resolve
 
-    config = for_model(name)
+    config = for_model(resolve(name)[0] if name in EMBEDDED else name)
     if config is None:
         notes.append(f"architecture of {name!r} unknown offline: no GPU-hours")
         return None

@@ -14,7 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv model test demo lint bench-sweep bench bench-wheels reproduce-table fidelity
+.PHONY: venv model test demo lint bench-sweep bench bench-wheels reproduce-table alpha-sensitivity fidelity
 
 venv: $(STAMP)
 
@@ -58,6 +58,12 @@ reproduce-table: venv model
 	$(BIN)/infokv-run experiment=$(SIZE)_prefill launcher=$(LAUNCHER)
 	$(BIN)/infokv-run experiment=$(SIZE)_decode launcher=$(LAUNCHER)
 	$(BIN)/python experiments/reproduce_table.py --size $(SIZE) --runs $(RUNS)
+
+# InfoKV - SnapKV across alpha and the entropy position on the embedded model (offline, CPU): runs,
+# then results/alpha_sensitivity/ and results/figures/alpha_sensitivity.png.
+alpha-sensitivity: venv model
+	$(BIN)/infokv-run experiment=alpha_sensitivity launcher=$(LAUNCHER)
+	$(BIN)/python experiments/alpha_sensitivity.py --runs $(RUNS)/alpha_sensitivity
 
 # Fidelity to kvpress 0.5.5 (scripts/fidelity_kvpress.py): kvpress runs in its own env on the CPU, our
 # methods in .venv, on the same token ids; writes results/fidelity/ and tests/data/kvpress_oracle.json.

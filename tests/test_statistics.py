@@ -201,3 +201,23 @@ def test_figure_error_bars_come_from_the_table_intervals(tmp_path):
     without = table.drop(columns=["accuracy_low", "accuracy_high"])  # a table written before intervals
     for drawn in (table, without):
         assert accuracy_vs_budget(drawn, tmp_path / "figure.png").stat().st_size > 10_000
+
+
+def test_tables_show_the_teacher_forced_kl_and_its_paired_difference_where_recorded(tmp_path):
+    frame = records_frame_of(SCORES)
+    kl = {"full": 0.0, "snapkv": 0.5, "infokv": 0.3, "h2o": 2.0}
+    frame["fidelity.kl_mean"] = [
+        kl[method] + 0.01 * (index % 3) for index, method in enumerate(frame["method"])
+    ]
+    table = accuracy(frame).set_index("method")
+    assert (
+        table.loc["full", "kl"] == pytest.approx(0.01)
+        and table.loc["h2o", "kl_low"] <= table.loc["h2o", "kl"]
+    )
+    assert table.loc["infokv", "kl_vs_snapkv"] == pytest.approx(-0.2, abs=0.02)
+    assert table.loc["infokv", "kl_vs_snapkv_resolved"] and "kl_vs_full" not in table.columns
+    write_tables(accuracy(frame), tmp_path, "small")
+    markdown = (tmp_path / "small_prefill.md").read_text()
+    assert "Mean KL(full ‖ compressed)" in markdown and "nats of KL: method − snapkv" in markdown
+    without = accuracy(records_frame_of(SCORES))
+    assert "kl" not in without.columns

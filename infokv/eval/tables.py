@@ -12,6 +12,9 @@
 * ``agreement`` = 100 · fraction of completions identical to the full cache's completion of the
   same sample and draw (fidelity to the uncompressed model; empty where no full-cache run exists), with
   ``agreement_low``/``agreement_high``,
+* ``kl`` (where the runs recorded fidelity) = mean over samples of the teacher-forced KL(full ‖
+  compressed) over the full cache's answer, with its bootstrap interval, and ``kl_vs_<r>`` its paired
+  difference with each reference other than the full cache (nats, not ×100),
 * for each reference method r of ``references`` (default: every method against ``full``, InfoKV against
   SnapKV), the paired comparison on the samples both scored at the same benchmark, budget and style
   (the full cache at any budget): ``vs_<r>`` = 100 · mean(score − score_r), ``vs_<r>_low``/``_high`` its
@@ -33,6 +36,7 @@ from infokv.eval.statistics import describe, paired_difference, per_sample, samp
 GROUP = ["scenario", "model", "benchmark", "method", "budget", "style"]
 FULL = "full"
 DELTA = 0.05  # the "5 points" of n_for_5pt, on the 0-1 score scale
+KL = "fidelity.kl_mean"  # the per-sample teacher-forced KL(full ‖ compressed) of infokv.engine.fidelity
 # Paired comparisons: reference method -> the methods compared with it (None: every other method).
 REFERENCES: dict[str, tuple[str, ...] | None] = {FULL: None, "snapkv": ("infokv",)}
 
@@ -49,7 +53,12 @@ def _with_agreement(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired(
-    samples: pd.DataFrame, column: str, reference: str, methods: tuple[str, ...] | None
+    samples: pd.DataFrame,
+    column: str,
+    reference: str,
+    methods: tuple[str, ...] | None,
+    scale: float = 100.0,
+    prefix: str = "",
 ) -> pd.DataFrame:
     """Per row of ``GROUP`` (``methods``, or every method but ``reference``): the paired difference of
     ``column`` with ``reference`` on the samples both scored (:func:`.statistics.paired_difference`).
@@ -61,14 +70,15 @@ def paired(
     chosen = samples["method"] != reference if methods is None else samples["method"].isin(methods)
     ours = samples[chosen & samples[column].notna()]
     theirs = samples[(samples["method"] == reference) & samples[column].notna()][keys + [column]]
-    name = f"vs_{reference}"
+    name = f"{prefix}vs_{reference}"
     names = [name, f"{name}_low", f"{name}_high", f"{name}_resolved", f"{name}_n_for_5pt"]
     rows = []
     for key, part in ours.merge(theirs, on=keys, suffixes=("", "_ref")).groupby(GROUP, sort=False):
         result = paired_difference(part[column], part[f"{column}_ref"], DELTA)
-        values = [100 * result.difference, 100 * result.low, 100 * result.high, result.resolved]
+        values = [scale * result.difference, scale * result.low, scale * result.high, result.resolved]
         rows.append([*key, *values, result.n_for_delta])
-    return pd.DataFrame(rows, columns=GROUP + names)
+    frame = pd.DataFrame(rows, columns=GROUP + names)
+    return frame if scale == 100.0 else frame.drop(columns=names[-1])  # 5 points: of a 0-1 score
 
 
 def accuracy(frame: pd.DataFrame, references: dict[str, tuple[str, ...] | None] = REFERENCES) -> pd.DataFrame:
@@ -81,8 +91,11 @@ def accuracy(frame: pd.DataFrame, references: dict[str, tuple[str, ...] | None] 
         agreement=frame["agrees"].astype(float),
     )
     columns = ["accuracy", "agreement"]
+    if KL in frame and frame[KL].notna().any():
+        frame = frame.assign(kl=frame[KL].astype(float))
+        columns.append("kl")
     table = describe(frame, GROUP, columns)
-    for column in columns:
+    for column in ("accuracy", "agreement"):
         table[[column, f"{column}_low", f"{column}_high"]] *= 100.0
     samples = per_sample(frame, GROUP, columns)
     spread = samples.groupby(GROUP)["accuracy"].std(ddof=1)
@@ -92,6 +105,9 @@ def accuracy(frame: pd.DataFrame, references: dict[str, tuple[str, ...] | None] 
     for reference, methods in references.items():
         if (samples["method"] == reference).any():
             table = table.merge(paired(samples, "accuracy", reference, methods), on=GROUP, how="left")
+            if "kl" in columns and reference != FULL:  # against the full cache, KL is the row's own mean
+                kl = paired(samples, "kl", reference, methods, scale=1.0, prefix="kl_")
+                table = table.merge(kl, on=GROUP, how="left")
     whole = [column for column in table.columns if column.endswith("n_for_5pt")]
     flags = [column for column in table.columns if column.endswith("_resolved")]
     table = table.astype(dict.fromkeys(whole, "Int64") | dict.fromkeys(flags, "boolean"))
@@ -108,12 +124,14 @@ def _value(row: pd.Series, column: str) -> str:
     "*" after the value where ``<column>_resolved`` holds; "–" where it is missing."""
     if pd.isna(row[column]):
         return "–"
-    text = f"{row[column]:.1f}"
+    places = 3 if column.startswith("kl") else 1
+    text = f"{row[column]:.{places}f}"
     resolved = row.get(f"{column}_resolved")
     if pd.notna(resolved) and bool(resolved):
         text += "*"
     low, high = row.get(f"{column}_low"), row.get(f"{column}_high")
-    return text if low is None or pd.isna(low) else f"{text} [{low:.0f}, {high:.0f}]"
+    places = 2 if column.startswith("kl") else 0
+    return text if low is None or pd.isna(low) else f"{text} [{low:.{places}f}, {high:.{places}f}]"
 
 
 def _cell(values: pd.DataFrame, column: str) -> str:
@@ -149,11 +167,16 @@ def titles(table: pd.DataFrame) -> dict[str, str]:
         "agreement": "Agreement with the full cache (% of completions identical to its completion) "
         "[95% interval]",
     }
+    if "kl" in table.columns:
+        shown["kl"] = (
+            "Mean KL(full ‖ compressed) over the full cache's answer, teacher-forced (nats) [95% interval]"
+        )
     for column in table.columns:
         if f"{column}_resolved" in table.columns:
-            reference = column.removeprefix("vs_")
+            reference = column.removeprefix("kl_").removeprefix("vs_")
+            unit = "nats of KL" if column.startswith("kl_") else "points"
             shown[column] = (
-                f"Paired difference with {reference} (points: method − {reference} on the same samples) "
+                f"Paired difference with {reference} ({unit}: method − {reference} on the same samples) "
                 "[95% paired bootstrap interval; * = the interval excludes 0]"
             )
     return shown

@@ -485,18 +485,10 @@ def _run_batch(
     clock = time.perf_counter()
     state, captured, last_logits = prefill(model, input_ids, valid, prefill_needs, prefill_chunk)
     prefill_seconds = time.perf_counter() - clock
-    kept = kept_entries(settings, captured.host_lengths, state.num_layers)
-    order = widest_first(kept)
+    order, share = _row_plan(settings, batch, captured, state.num_layers)
     settings = [settings[index] for index in order]
     compressions = [setting.decode for setting in settings]
-    copies = len(settings)
-    rows = torch.arange(len(batch), device=device).repeat(copies)
-    # Rows compressed while decoding need caches of their own; question tokens need more than one query.
-    share = (
-        all(compression is None for compression in compressions)
-        and not any(item.question for item in batch)
-        and shares_prompt(kept, captured.host_lengths, state.num_layers)
-    )
+    rows = torch.arange(len(batch), device=device).repeat(len(settings))
     clock = time.perf_counter()
     rows_state, selections, layers = _compress_copies(
         model, state, captured, settings, share, rows, decode_needs
@@ -505,31 +497,23 @@ def _run_batch(
     prompt_state = state if measured else None  # the measured caches are gathered from it after decoding
     del state
     compress_seconds = time.perf_counter() - clock
-    tracker = DecodeTracker(decode_needs, layers, captured.scaling)
     clock = time.perf_counter()
-    with torch.inference_mode():
-        logits, positions, prompt_lengths = _read_questions(
-            model, rows_state, tracker, batch, captured.lengths.repeat(copies), last_logits, copies, pad_id
-        )
-        sampler = Sampler(temperature, top_p, list(seeds) * copies, device)
-        stop_ids = stop_token_ids(model, tokenizer)
-        groups = torch.arange(copies, device=device).repeat_interleave(len(batch))
-        decode_batch = DecodeBatch(
-            rows_state, layers, positions, prompt_lengths, groups, list(range(len(rows)))
-        )
-        tokens, row_stats = decode(
-            model,
-            decode_batch,
-            tracker,
-            compressions,
-            logits,
-            max_new_tokens,
-            sampler,
-            stop_ids,
-            stop_at_eos,
-            cuda_graphs,
-        )
-    del rows_state, decode_batch
+    stop_ids = stop_token_ids(model, tokenizer)
+    decoding = DecodeOptions(max_new_tokens, temperature, top_p, stop_ids, stop_at_eos, cuda_graphs)
+    tokens, row_stats = _decode_rows(
+        model,
+        rows_state,
+        layers,
+        decode_needs,
+        captured,
+        batch,
+        last_logits,
+        compressions,
+        seeds,
+        decoding,
+        pad_id,
+    )
+    del rows_state
     decode_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     fidelities: dict[int, list[dict[str, object]]] = {}
@@ -564,6 +548,72 @@ def _run_batch(
         for index, setting in enumerate(settings)
     ]
     return [results[order.index(index)] for index in range(len(order))]
+
+
+def _row_plan(
+    settings: Sequence[Setting], batch: Sequence[Tokenized], captured: Captured, layers: int
+) -> tuple[list[int], bool]:
+    """The order of the settings' rows (widest first) and whether they can share the prompt cache: rows
+    compressed while decoding need caches of their own, and question tokens need more than one query."""
+    kept = kept_entries(settings, captured.host_lengths, layers)
+    share = (
+        all(setting.decode is None for setting in settings)
+        and not any(item.question for item in batch)
+        and shares_prompt(kept, captured.host_lengths, layers)
+    )
+    return widest_first(kept), share
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How every row of a batch decodes."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    stop_ids: Sequence[int]
+    stop_at_eos: bool
+    cuda_graphs: bool
+
+
+def _decode_rows(
+    model: PreTrainedModel,
+    rows_state: KVState,
+    layers: list,
+    decode_needs: set,
+    captured: Captured,
+    batch: Sequence[Tokenized],
+    last_logits: torch.Tensor,
+    compressions: Sequence[DecodeCompression | None],
+    seeds: Sequence[int],
+    options: DecodeOptions,
+    pad_id: int,
+) -> tuple[list[list[int]], list]:
+    """Every (setting, prompt) row from its compressed cache: the question tokens where there are any,
+    then all rows decode together, each setting's rows compressed while decoding by its own method."""
+    copies = len(compressions)
+    device = model.device
+    tracker = DecodeTracker(decode_needs, layers, captured.scaling)
+    with torch.inference_mode():
+        logits, positions, prompt_lengths = _read_questions(
+            model, rows_state, tracker, batch, captured.lengths.repeat(copies), last_logits, copies, pad_id
+        )
+        sampler = Sampler(options.temperature, options.top_p, list(seeds) * copies, device)
+        groups = torch.arange(copies, device=device).repeat_interleave(len(batch))
+        rows = list(range(copies * len(batch)))
+        decode_batch = DecodeBatch(rows_state, layers, positions, prompt_lengths, groups, rows)
+        return decode(
+            model,
+            decode_batch,
+            tracker,
+            compressions,
+            logits,
+            options.max_new_tokens,
+            sampler,
+            options.stop_ids,
+            options.stop_at_eos,
+            options.cuda_graphs,
+        )
 
 
 def _compress_copies(

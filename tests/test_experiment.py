@@ -109,8 +109,8 @@ def test_a_job_of_several_methods_and_variants_checks_each_entry():
     assert list(job.methods) == ["full", "snapkv", "infokv", "infokv_a08"]
     assert job.methods["infokv_a08"] == methods.get("infokv", alpha=0.8)
     labels = [item.label() for item in job.settings]
-    assert labels == ["full@100%", "snapkv@40%", "snapkv@20%", "infokv@40%", "infokv@20%",
-                      "infokv_a08:infokv@40%", "infokv_a08:infokv@20%"]  # fmt: skip
+    assert labels == ["full@1", "snapkv@0.4", "snapkv@0.2", "infokv@0.4", "infokv@0.2",
+                      "infokv_a08:infokv@0.4", "infokv_a08:infokv@0.2"]  # fmt: skip
     assert run_directory(cfg, job).name.startswith("full+snapkv+infokv+infokv_a08@")
 
 

@@ -268,7 +268,10 @@ def write_readme(path: Path, rows: list[dict]) -> None:
         "Token agreement is the share of kept (layer, KV head, position) entries that both sides keep;",
         "identical heads the share of (layer, KV head) whose kept sets are equal. For a disagreeing",
         "token the margin is |s - c| / |c|, c being the lowest kept score of that head on that side",
-        "(`kvpress_disagreements.csv` lists each such token; `kvpress.csv` has every setting).",
+        "(`kvpress_disagreements.csv` lists each such token; `kvpress.csv` has every setting). Margins of 0",
+        "on both sides mark an exact tie at the cut, which kvpress's `topk` and our stable sort (earlier",
+        "position first) break differently: KNorm's in the first layer, where a repeated token has the same",
+        "key norm wherever it stands.",
         "",
         "| method | settings | min token agreement | min identical heads | disagreements "
         "| max margin (kvpress) |",
@@ -293,7 +296,7 @@ def write_readme(path: Path, rows: list[dict]) -> None:
 
 
 ORACLE = Path("tests/data/kvpress_oracle.json")
-ORACLE_SETTINGS = ("snapkv", "expected_attention", "pyramidkv_window16")
+ORACLE_SETTINGS = ("snapkv", "expected_attention", "pyramidkv_window16", "tova")
 ORACLE_PROMPT, ORACLE_BUDGET = "passkey", 0.2
 
 

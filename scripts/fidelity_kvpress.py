@@ -38,6 +38,8 @@ SETTINGS: dict[str, tuple[str, dict, str, dict]] = {
     "expected_attention": ("expected_attention", {}, "ExpectedAttentionPress", {}),
     "pyramidkv": ("pyramidkv", {}, "PyramidKVPress", {}),
     "pyramidkv_window16": ("pyramidkv", {"window": 16}, "PyramidKVPress", {"window_size": 16}),
+    "knorm": ("knorm", {}, "KnormPress", {}),
+    "tova": ("tova", {}, "TOVAPress", {}),
 }
 
 
@@ -218,12 +220,22 @@ def compare(prompts: Path, kvpress_results: Path, out: Path) -> None:
     write_readme(out / "README.md", rows)
 
 
+PRESS_FORCED = {
+    "SnapKVPress": (0, 64),
+    "PyramidKVPress": (0, 64),
+    "StreamingLLMPress": (4, 0),
+    "ExpectedAttentionPress": (4, 0),
+    "KnormPress": (0, 0),
+    "TOVAPress": (0, 1),
+}
+"""(sinks, window) that each press scores at max + 1 (always kept) by default: SnapKV's and PyramidKV's
+window, StreamingLLM's and ExpectedAttention's four sinks, TOVA's last token; KNorm forces none."""
+
 KVPRESS_FORCED = {
-    name: (0, params.get("window_size", 64)) if press in ("SnapKVPress", "PyramidKVPress") else (4, 0)
+    name: (PRESS_FORCED[press][0], params.get("window_size", PRESS_FORCED[press][1]))
     for name, (_, _, press, params) in SETTINGS.items()
 }
-"""(sinks, window) that each press scores at max + 1 (always kept): SnapKV's and PyramidKV's window,
-StreamingLLM's and ExpectedAttention's four sinks."""
+"""(sinks, window) forced by each setting's press, its ``window_size`` parameter included."""
 
 
 DISAGREEMENT_FIELDS = ("method", "budget", "prompt", "layer", "head", "position", "kept_by",
@@ -256,7 +268,10 @@ def write_readme(path: Path, rows: list[dict]) -> None:
         "Token agreement is the share of kept (layer, KV head, position) entries that both sides keep;",
         "identical heads the share of (layer, KV head) whose kept sets are equal. For a disagreeing",
         "token the margin is |s - c| / |c|, c being the lowest kept score of that head on that side",
-        "(`kvpress_disagreements.csv` lists each such token; `kvpress.csv` has every setting).",
+        "(`kvpress_disagreements.csv` lists each such token; `kvpress.csv` has every setting). Margins of 0",
+        "on both sides mark an exact tie at the cut, which kvpress's `topk` and our stable sort (earlier",
+        "position first) break differently: KNorm's in the first layer, where a repeated token has the same",
+        "key norm wherever it stands.",
         "",
         "| method | settings | min token agreement | min identical heads | disagreements "
         "| max margin (kvpress) |",
@@ -281,7 +296,7 @@ def write_readme(path: Path, rows: list[dict]) -> None:
 
 
 ORACLE = Path("tests/data/kvpress_oracle.json")
-ORACLE_SETTINGS = ("snapkv", "expected_attention", "pyramidkv_window16")
+ORACLE_SETTINGS = ("snapkv", "expected_attention", "pyramidkv_window16", "tova")
 ORACLE_PROMPT, ORACLE_BUDGET = "passkey", 0.2
 
 

@@ -11,7 +11,8 @@ from infokv.engine.sweep import left_pad
 from infokv.methods.budget import Budget, layer_schedule
 from infokv.methods.infokv import combine
 
-ALL = ["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "expected_attention", "infokv"]
+ALL = ["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "expected_attention", "infokv", "knorm", "tova"]
+PREFILL_ONLY = ("pyramidkv", "knorm", "tova")
 
 
 def random_prompt(length: int, seed: int = 0) -> torch.Tensor:
@@ -20,7 +21,7 @@ def random_prompt(length: int, seed: int = 0) -> torch.Tensor:
 
 def test_registry_lists_every_method():
     assert methods.available("prefill") == ALL
-    assert methods.available("decode") == [n for n in ALL if n != "pyramidkv"] + ["rpc"]
+    assert methods.available("decode") == [n for n in ALL if n not in PREFILL_ONLY] + ["rpc"]
     assert set(methods.available()) == set(ALL) | {"rpc"}
     assert methods.get("infokv", alpha=0.5).alpha == 0.5
 

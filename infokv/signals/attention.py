@@ -7,9 +7,10 @@ Window attention (SnapKV): for the last ``w`` queries ``q_j`` and every key ``k_
 with scale ``s``, mask ``m`` (causal, padding), fp32 softmax over the full row (window keys included),
 ``P`` a 1-D pool over the keys before the window only, stride 1, edges padded with zeros (average: the
 zeros count in the mean, as ``avg_pool1d``'s default; max: they never win over attention, which is ≥ 0);
-query heads of a GQA group are then reduced to their KV head and A is normalised to Σ_i A_i = 1 over
-those keys. The window's own keys get A = 0: selection always keeps them. This is kvpress 0.5.5's
-``SnapKVPress`` and the SnapKV authors' code alike; only the pool kind differs (average, max).
+query heads of a GQA group are then reduced to their KV head (or, ``mean_all``, every query head of the
+layer to one score shared by all KV heads) and A is normalised to Σ_i A_i = 1 over those keys. The
+window's own keys get A = 0: selection always keeps them. This is kvpress 0.5.5's ``SnapKVPress`` and
+the SnapKV authors' code alike; only the pool kind differs (average, max).
 
 Cumulative attention (H2O): ``C_i = Σ_j a_{j,i}`` over every query j seen, accumulated in blocks
 of queries so no (T × T) tensor exists.
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from infokv.kernels.blocks import queries_per_block
 
 POOLINGS = ("max", "avg", "none")
-REDUCTIONS = ("mean", "max")
+REDUCTIONS = ("mean", "max", "mean_all")
 
 
 def _grouped_logits(grouped: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -156,8 +157,11 @@ def before_window(valid: torch.Tensor | None, length: int, window: int, device: 
 
 
 def reduce_heads(scores: torch.Tensor, kv_heads: int, reduction: str) -> torch.Tensor:
-    """(B, H_q, T) -> (B, H_kv, T): reduce the query heads of each GQA group."""
+    """(B, H_q, T) -> (B, H_kv, T): reduce the query heads of each GQA group (``mean``, ``max``), or
+    average every query head of the layer and give each KV head that one score (``mean_all``)."""
     batch, query_heads, length = scores.shape
+    if reduction == "mean_all":
+        return scores.mean(dim=1, keepdim=True).expand(batch, kv_heads, length)
     grouped = scores.reshape(batch, kv_heads, query_heads // kv_heads, length)
     if reduction == "mean":
         return grouped.mean(dim=2)

@@ -269,6 +269,17 @@ def test_wandb_offline_writes_a_run_into_the_run_directory(tmp_path):
     assert list((directory / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
+def test_wandb_logs_the_paper_table_with_missing_cells(tmp_path):
+    from infokv.eval.tracking import Tracker
+
+    table = accuracy(synthetic_frame())  # nullable columns: no comparison for the full cache itself
+    assert table.isna().any().any()
+    tracker = Tracker("offline", "infokv", {"size": "test"}, tmp_path, name="tables", job_type="tables")
+    tracker.log_table("accuracy", table)
+    tracker.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
 # ---- tables and the notebook ---------------------------------------------------------------------------
 
 

@@ -91,14 +91,17 @@ class Tracker:
         return self.run is not None
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]] | Any) -> None:
-        """Log a table from a list of flat dicts or a pandas DataFrame."""
+        """Log a table from a list of flat dicts or a pandas DataFrame. Missing values (NaN, pandas' NA of
+        nullable columns) become None, and a column may hold None above numbers: W&B would otherwise type
+        a column from its first rows and refuse the rest."""
         if self.run is None:
             return
         import pandas as pd
         import wandb
 
         frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-        self.run.log({name: wandb.Table(dataframe=frame)})
+        frame = frame.astype(object).where(frame.notna(), None)
+        self.run.log({name: wandb.Table(dataframe=frame, allow_mixed_types=True)})
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         if self.run is not None:

@@ -221,3 +221,11 @@ def test_tables_show_the_teacher_forced_kl_and_its_paired_difference_where_recor
     assert "Mean KL(full ‖ compressed)" in markdown and "nats of KL: method − snapkv" in markdown
     without = accuracy(records_frame_of(SCORES))
     assert "kl" not in without.columns
+
+
+def test_a_continuous_measure_of_all_zeros_is_not_read_as_a_proportion():
+    frame = pd.DataFrame({"method": ["full"] * 5, "sample_id": list("abcde"), "kl": [0.0] * 5})
+    as_proportion = describe(frame, ["method"], ["kl"]).iloc[0]
+    continuous = describe(frame, ["method"], ["kl"], proportions=()).iloc[0]
+    assert as_proportion["kl_high"] > 0.4  # Wilson's upper bound for 0 of 5
+    assert (continuous["kl_low"], continuous["kl_high"]) == (0.0, 0.0)

@@ -482,5 +482,6 @@ def summarise(records: list[dict]) -> pd.DataFrame:
         return pd.DataFrame()
     keys = ["benchmark", "model", "scenario", "method", "budget", "cot"]
     frame = records_frame(records)
-    columns = ["score"] + [c for c in frame.columns if c.startswith(("metric.", "fidelity."))]
-    return describe(frame, keys, columns)
+    proportions = ["score"] + [c for c in frame.columns if c.startswith("metric.")]
+    columns = proportions + [c for c in frame.columns if c.startswith("fidelity.")]
+    return describe(frame, keys, columns, proportions=proportions)

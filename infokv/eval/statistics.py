@@ -19,7 +19,7 @@ The unit is the sample: where a sample has several draws, its value is the mean 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,15 +186,21 @@ def describe(
     columns: list[str],
     unit: str = "sample_id",
     confidence: float = CONFIDENCE,
+    proportions: Collection[str] | None = None,
 ) -> pd.DataFrame:
     """Per group of ``keys``: ``n`` (samples) and, for each numeric column c, its mean over samples with
-    ``c_low`` and ``c_high`` (:func:`mean_interval`; samples where c is missing are left out)."""
+    ``c_low`` and ``c_high`` (samples where c is missing are left out): :func:`mean_interval` for the
+    columns of ``proportions`` (all columns when None), the bootstrap for the others, so that a continuous
+    measure whose values happen to be all 0 (the full cache's KL) is not read as a proportion."""
     rows = []
     for key, part in per_sample(frame, keys, columns, unit).groupby(keys, sort=False):
         row: dict = dict(zip(keys, key, strict=True)) | {"n": len(part)}
         for column in columns:
             values = part[column].dropna().to_numpy(dtype=float)
-            low, high = mean_interval(values, confidence)
+            if proportions is None or column in proportions:
+                low, high = mean_interval(values, confidence)
+            else:
+                low, high = bootstrap_mean(values, confidence)
             mean = values.mean() if len(values) else math.nan
             row |= {column: mean, f"{column}_low": low, f"{column}_high": high}
         rows.append(row)

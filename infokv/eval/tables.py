@@ -94,7 +94,7 @@ def accuracy(frame: pd.DataFrame, references: dict[str, tuple[str, ...] | None] 
     if KL in frame and frame[KL].notna().any():
         frame = frame.assign(kl=frame[KL].astype(float))
         columns.append("kl")
-    table = describe(frame, GROUP, columns)
+    table = describe(frame, GROUP, columns, proportions=("accuracy", "agreement"))
     for column in ("accuracy", "agreement"):
         table[[column, f"{column}_low", f"{column}_high"]] *= 100.0
     samples = per_sample(frame, GROUP, columns)

@@ -36,6 +36,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from infokv.eval.runner import Job, check_job, load_samples
+from infokv.hf.architectures import config, for_model
+from infokv.hf.models import EMBEDDED, load_tokenizer, resolve
+
 RATES = Path(__file__).resolve().parents[2] / "results" / "bench" / "gpu.csv"
 # Published sizes of the benchmarks read from the hub, and prompt tokens where no option sets them.
 NOMINAL = {
@@ -143,11 +147,10 @@ class Rates:
         if at <= lengths[0] or at >= lengths[-1]:  # extend the nearest segment's slope
             first, last = (0, 1) if at <= lengths[0] else (-2, -1)
             slope = (times[last] - times[first]) / (lengths[last] - lengths[first])
-            base = self.reference.prefill_flops(tokens) / architecture.prefill_flops(tokens)
-            value = math.exp(times[first] + slope * (at - lengths[first]))
-            return value / base
-        value = math.exp(float(np.interp(at, lengths, times)))
-        return value * architecture.prefill_flops(tokens) / self.reference.prefill_flops(tokens)
+            measured = math.exp(times[first] + slope * (at - lengths[first]))
+        else:
+            measured = math.exp(float(np.interp(at, lengths, times)))
+        return measured * architecture.prefill_flops(tokens) / self.reference.prefill_flops(tokens)
 
     def overhead_share(self, method: str, budget: float, tokens: float) -> float | None:
         """The measured extra prefill share of ``method`` at ``budget`` (nearest budget and length)."""
@@ -232,8 +235,6 @@ def estimate(work: Workload, rates: Rates | None, arch: Architecture | None) -> 
 
 def job_cost(cfg: DictConfig, rates_path: Path = RATES) -> JobCost:
     """The workload of the job ``cfg`` and its estimate; loads no weights (see the module docstring)."""
-    from infokv.eval.runner import check_job
-
     work = workload(cfg, check_job(cfg))
     arch = architecture(str(cfg.model.name), work.notes)
     rates = None
@@ -250,21 +251,20 @@ def job_cost(cfg: DictConfig, rates_path: Path = RATES) -> JobCost:
     return estimate(work, rates, arch)
 
 
-def workload(cfg: DictConfig, job) -> Workload:
+def workload(cfg: DictConfig, job: Job) -> Workload:
     """The samples, prompt tokens and settings of a checked job (:func:`infokv.eval.runner.check_job`)."""
     notes: list[str] = []
     samples, prompt_tokens = _samples(cfg, job.benchmark, notes)
     settings, names = [], {}
     for item in job.settings:
         setting = item.setting
+        names[item.method] = item.compressor.name
         if setting.decode is not None:
             settings.append((item.method, 1.0, setting.decode.ratio))
-            names[item.method] = setting.decode.method.name
             continue
         budget = setting.budget
         kept = budget.ratio if budget.ratio is not None else min(1.0, budget.tokens / max(prompt_tokens, 1.0))
         settings.append((item.method, float(kept), 0.0))
-        names[item.method] = setting.method.name
     return Workload(
         samples=samples,
         prompt_tokens=prompt_tokens,
@@ -302,9 +302,6 @@ def _samples(cfg: DictConfig, benchmark, notes: list[str]) -> tuple[int, float]:
 
 
 def _count_samples(cfg: DictConfig, benchmark, notes: list[str]) -> tuple[int, float]:
-    from infokv.eval.runner import load_samples
-    from infokv.hf.models import load_tokenizer
-
     stand_in = False
     try:
         tokenizer = load_tokenizer(str(cfg.model.name))
@@ -331,16 +328,11 @@ def _count_samples(cfg: DictConfig, benchmark, notes: list[str]) -> tuple[int, f
 
 def reference_architecture() -> Architecture:
     """The architecture ``results/bench/gpu.csv`` was measured on."""
-    from infokv.hf.architectures import config
-
     return Architecture.of(config("llama-3.1-8b"))
 
 
 def architecture(name: str, notes: list[str]) -> Architecture | None:
     """The job's architecture: a paper model, a random one, or the config.json of an embedded or local one."""
-    from infokv.hf.architectures import for_model
-    from infokv.hf.models import EMBEDDED, resolve
-
     config = for_model(resolve(name)[0] if name in EMBEDDED else name)
     if config is None:
         notes.append(f"architecture of {name!r} unknown offline: no GPU-hours")

@@ -73,15 +73,16 @@ class JobSetting:
     method: str
     setting: Setting
 
+    @property
+    def compressor(self) -> Method:
+        """The method this setting evaluates: the decoding compression's, else the prefill's."""
+        return self.setting.method if self.setting.decode is None else self.setting.decode.method
+
     def label(self) -> str:
         """The record's ``setting``: the engine's label, prefixed by the entry's label where a variant of
         a method (``infokv_a08``) has a label other than the method's name."""
         engine = self.setting.label()
-        if self.setting.decode is not None:
-            named = self.setting.decode.method.name
-        else:
-            named = self.setting.method.name
-        return engine if self.method == named else f"{self.method}:{engine}"
+        return engine if self.method == self.compressor.name else f"{self.method}:{engine}"
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ def _prompt_input(prompt, compress: str):
 
 
 def _record(cfg, sample, draw: int, item: JobSetting, prompt, completion, scored) -> dict:
-    method = item.setting.method if item.setting.decode is None else item.setting.decode.method
+    method = item.compressor
     return {
         "benchmark": cfg.benchmark.name,
         "model": model_label(cfg.model),
@@ -353,7 +354,6 @@ class Work:
     job: Job
     directory: Path
     tokenizer: Any
-    samples: list
     mine: list
     seeds: dict
 
@@ -380,7 +380,7 @@ def prepare(cfg: DictConfig) -> Work:
             f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the model's context of "
             f"{context} tokens; use fewer"
         )
-    return Work(job, directory, tokenizer, samples, mine, seeds)
+    return Work(job, directory, tokenizer, mine, seeds)
 
 
 def run_job(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:

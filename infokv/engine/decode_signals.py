@@ -8,7 +8,7 @@ nothing is ever recomputed over the whole history.
 
 Between compressions the tracker can switch to fixed-shape recording (:meth:`DecodeTracker.fix_shapes`),
 as the cache does for CUDA-graph steps: every per-entry tensor gets room for the steps ahead, step s
-writes slot ``length + s`` (``s`` a device scalar), window queries go to a buffer of the same kind, and
+writes slot ``length + s`` (``s`` a device scalar), window queries go round a ring of ``window`` slots, and
 accumulators are updated in place, so a tracked step can be captured once and replayed.
 """
 
@@ -94,13 +94,14 @@ class LayerEntries:
 @dataclass
 class FixedSlots:
     """Fixed-shape recording for up to ``steps`` steps counted by the device scalar ``step``: layer l's
-    entry fed at step s goes to slot ``lengths[l] + s``; its query to slot ``window + s`` of ``queries[l]``,
-    after the ``held[l]`` window queries kept before the steps."""
+    entry fed at step s goes to slot ``lengths[l] + s``; its query to slot ``(held + s) mod window`` of the
+    ring ``queries[l]``, whose first ``held`` slots hold the window queries kept before the steps. A ring
+    of ``window`` slots, not ``window + steps``: the queries are a small share of the cache's memory."""
 
     steps: int
     step: torch.Tensor
     lengths: list[int]
-    held: list[int]
+    held: int
     window: int
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
     slots: torch.Tensor | None = None
@@ -109,7 +110,7 @@ class FixedSlots:
 
     def __post_init__(self) -> None:
         # Made here, not in a captured step (a host-to-device copy cannot be captured).
-        self.offsets = torch.tensor([*self.lengths, self.window], device=self.step.device)
+        self.offsets = torch.tensor([*self.lengths, self.held], device=self.step.device)
 
     def begin_step(self) -> None:
         """Compute this step's slots from ``step``: one kernel, not one per layer."""
@@ -119,7 +120,14 @@ class FixedSlots:
         return self.slots[layer : layer + 1]
 
     def query_slot(self) -> torch.Tensor:
-        return self.slots[-1:]
+        return self.slots[-1:] % self.window
+
+    def window_queries(self, layer: int, steps: int) -> torch.Tensor:
+        """Layer ``layer``'s last window queries after ``steps`` steps, oldest first (R, H_q, ≤ window, d)."""
+        ring, written = self.queries[layer], self.held + steps
+        if written <= self.window:
+            return ring[:, :, :written]
+        return ring.roll(-(written % self.window), dims=2)
 
 
 class DecodeTracker:
@@ -166,7 +174,7 @@ class DecodeTracker:
                 entries.cumulative = torch.nn.functional.pad(entries.cumulative, (0, grown)) + sums
 
     def _buffer_query(self, layer: int, query: torch.Tensor) -> None:
-        """Fixed-shape mode: the step's query to slot ``window + step`` of the layer's buffer."""
+        """Fixed-shape mode: the step's query to its slot of the layer's ring (:class:`FixedSlots`)."""
         self.fixed.queries[layer].index_copy_(2, self.fixed.query_slot(), query)
 
     def on_layer_output(self, layer: int, hidden: torch.Tensor) -> None:
@@ -182,16 +190,19 @@ class DecodeTracker:
         """Fixed-shape recording for up to ``steps`` steps counted by ``step`` (:class:`FixedSlots`); window
         query buffers are shaped after the (R, H_kv, K, d) ``keys``, with ``query_heads`` heads."""
         lengths = [entries.positions.shape[-1] for entries in self.layers]
-        held = [0 if entries.queries is None else entries.queries.shape[2] for entries in self.layers]
+        # Every step adds a query to every layer, so every layer holds as many.
+        first = self.layers[0].queries if self.layers else None
+        held = 0 if first is None else first.shape[2]
         self.fixed = FixedSlots(steps, step, lengths, held, self.window)
         for layer, entries in enumerate(self.layers):
             entries.map_entries(lambda tensor: torch.nn.functional.pad(tensor, (0, steps)))
             if self.window > 0:
                 rows, dim = keys.shape[0], keys.shape[-1]
-                buffer = keys.new_zeros(rows, query_heads, self.window + steps, dim)
+                ring = keys.new_zeros(rows, query_heads, self.window, dim)
                 if entries.queries is not None:
-                    buffer[:, :, self.window - held[layer] : self.window] = entries.queries
-                self.fixed.queries[layer] = buffer
+                    ring[:, :, :held] = entries.queries
+                entries.queries = None
+                self.fixed.queries[layer] = ring
 
     def checkpoint(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The accumulators a step adds into in place, each with a copy of its value now."""
@@ -221,10 +232,8 @@ class DecodeTracker:
         for layer, entries in enumerate(self.layers):
             end = fixed.lengths[layer] + steps
             entries.map_entries(lambda tensor, end=end: tensor[..., :end])
-            buffer = fixed.queries.get(layer)
-            if buffer is not None:
-                kept = min(self.window, fixed.held[layer] + steps)
-                entries.queries = buffer[:, :, self.window + steps - kept : self.window + steps]
+            if layer in fixed.queries:
+                entries.queries = fixed.window_queries(layer, steps)
 
     def begin_step(self) -> None:
         """Before a fixed-shape step's forward pass: where its entries go."""

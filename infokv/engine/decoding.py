@@ -4,7 +4,10 @@ Every ``every`` generated tokens, the rows of a group whose decoding compression
 their prompt entries (all of them, unless ``compress_prompt``), their most recent ``window``
 entries, and the best-scoring generated entries up to ``⌈ratio · generated⌉`` (the method's
 ``decode_target``). Between compressions the cache grows by one entry per step, so it never
-holds more than prompt + target + ``every`` entries per head. Rows that stop idle in the batch
+holds more than prompt + target + ``every`` entries per head. A compression rewrites the cache in place,
+one layer at a time (:meth:`~infokv.hf.cache.KVState.compact`), into buffers with room for exactly the
+entries fed until the next compression, so memory follows the compressed cache: at most one layer of the
+old cache lives beside the new one, and nothing keeps the cache from before. Rows that stop idle in the batch
 (their tokens are discarded) until they are half of it, then leave it together: each departure
 copies the whole cache, which costs more than decoding a few idle rows. On CUDA the steps between
 compressions replay captured graphs (:mod:`infokv.engine.graphed_decode`), recording each entry's signals in
@@ -343,6 +346,14 @@ def _fixed_shape_decoder(
     return decoder, held
 
 
+def _room(compressions: Sequence[DecodeCompression | None], generated: int, max_new_tokens: int) -> int:
+    """Entries every row appends after a compression at step ``generated`` before the next one (or the end):
+    one per step up to the next step after which some group compresses, none after the last sampled token."""
+    intervals = [compression.every for compression in compressions if compression is not None]
+    to_next = min((-generated % every or every for every in intervals), default=max_new_tokens)
+    return max(0, min(to_next, max_new_tokens - 1 - generated))
+
+
 def _steps_to_compression(compressions: Sequence[DecodeCompression | None], generated: int) -> int:
     """Steps from step ``generated`` up to and including the next one after which some group compresses
     (:data:`GRAPH_STEPS` when none ever does)."""
@@ -408,7 +419,7 @@ def _maybe_compress(run: DecodeRun, generated: int, rotary) -> None:
             )
     indices, valid = combine_groups(per_group)
     everyone = torch.arange(len(batch.active), device=batch.positions.device)
-    batch.state = batch.state.gather(everyone, indices, valid)
+    batch.state.compact(indices, valid, _room(compressions, generated, run.max_new_tokens))
     batch.layers = [
         entries.gather(everyone, layer_indices)
         for entries, layer_indices in zip(batch.layers, indices, strict=True)

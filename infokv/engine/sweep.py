@@ -490,9 +490,8 @@ def _run_batch(
     compressions = [setting.decode for setting in settings]
     rows = torch.arange(len(batch), device=device).repeat(len(settings))
     clock = time.perf_counter()
-    rows_state, selections, layers = _compress_copies(
-        model, state, captured, settings, share, rows, decode_needs
-    )
+    caches = _compress_copies(model, state, captured, settings, share, rows, decode_needs)
+    selections = caches.selections
     measured = _measured(settings) if fidelity else []
     prompt_state = state if measured else None  # the measured caches are gathered from it after decoding
     del state
@@ -502,8 +501,7 @@ def _run_batch(
     decoding = DecodeOptions(max_new_tokens, temperature, top_p, stop_ids, stop_at_eos, cuda_graphs)
     tokens, row_stats = _decode_rows(
         model,
-        rows_state,
-        layers,
+        caches,
         decode_needs,
         captured,
         batch,
@@ -513,7 +511,6 @@ def _run_batch(
         decoding,
         pad_id,
     )
-    del rows_state
     decode_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     fidelities: dict[int, list[dict[str, object]]] = {}
@@ -578,8 +575,7 @@ class DecodeOptions:
 
 def _decode_rows(
     model: PreTrainedModel,
-    rows_state: KVState,
-    layers: list,
+    caches: RowCaches,
     decode_needs: set,
     captured: Captured,
     batch: Sequence[Tokenized],
@@ -590,10 +586,14 @@ def _decode_rows(
     pad_id: int,
 ) -> tuple[list[list[int]], list]:
     """Every (setting, prompt) row from its compressed cache: the question tokens where there are any,
-    then all rows decode together, each setting's rows compressed while decoding by its own method."""
+    then all rows decode together, each setting's rows compressed while decoding by its own method.
+
+    The rows' caches are taken from ``caches``: from then on only the decoding batch holds them, so a
+    cache the decoding replaces (rows leaving, compression) is freed at once."""
     copies = len(compressions)
     device = model.device
-    tracker = DecodeTracker(decode_needs, layers, captured.scaling)
+    tracker = DecodeTracker(decode_needs, caches.layers, captured.scaling)
+    rows_state = caches.take_state()
     with torch.inference_mode():
         logits, positions, prompt_lengths = _read_questions(
             model, rows_state, tracker, batch, captured.lengths.repeat(copies), last_logits, copies, pad_id
@@ -601,7 +601,8 @@ def _decode_rows(
         sampler = Sampler(options.temperature, options.top_p, list(seeds) * copies, device)
         groups = torch.arange(copies, device=device).repeat_interleave(len(batch))
         rows = list(range(copies * len(batch)))
-        decode_batch = DecodeBatch(rows_state, layers, positions, prompt_lengths, groups, rows)
+        decode_batch = DecodeBatch(rows_state, caches.layers, positions, prompt_lengths, groups, rows)
+        del rows_state
         return decode(
             model,
             decode_batch,
@@ -616,6 +617,21 @@ def _decode_rows(
         )
 
 
+@dataclass
+class RowCaches:
+    """The compressed cache of every (setting, prompt) row, each setting's selections, and the per-entry
+    signals of rows compressed while decoding (empty when none is)."""
+
+    state: KVState | None
+    selections: list[list[Selection]]
+    layers: list
+
+    def take_state(self) -> KVState:
+        """The rows' cache, no longer held here: whoever takes it decides how long it lives."""
+        state, self.state = self.state, None
+        return state
+
+
 def _compress_copies(
     model: PreTrainedModel,
     state: KVState,
@@ -624,7 +640,7 @@ def _compress_copies(
     share: bool,
     rows: torch.Tensor,
     decode_needs: set,
-) -> tuple[KVState, list[list[Selection]], list]:
+) -> RowCaches:
     """One cache row per (setting, prompt), and the per-entry signals of rows compressed while decoding."""
     with torch.inference_mode():
         rows_state, selections = compress_settings(state, captured, settings, share)
@@ -633,7 +649,7 @@ def _compress_copies(
             indices = combine_groups(selections)[0]
             query_heads = model.config.get_text_config(decoder=True).num_attention_heads
             layers = entries_from_prefill(captured, rows, indices, decode_needs, query_heads)
-    return rows_state, selections, layers
+    return RowCaches(rows_state, selections, layers)
 
 
 def _measured_rows(

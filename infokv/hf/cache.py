@@ -116,6 +116,18 @@ def growth_capacity(entries: int) -> int:
     return entries + max(256, entries // 8)
 
 
+def _sparse_masks(
+    valid: list[torch.Tensor], dense: list[bool] | None, devices: list[torch.device]
+) -> list[torch.Tensor | None]:
+    """Per-layer validity on each layer's device, None where every entry is valid (``dense[l]`` when the
+    caller knows it on the host, else read from the device in one transfer for all layers)."""
+    valid = [layer_valid.to(device) for layer_valid, device in zip(valid, devices, strict=True)]
+    if dense is None:
+        # One read of every layer's "all valid" flag: a read per layer would wait for the device each.
+        dense = torch.stack([layer_valid.all() for layer_valid in valid]).tolist()
+    return [None if whole else layer_valid for whole, layer_valid in zip(dense, valid, strict=True)]
+
+
 def new_cache() -> DynamicCache:
     """An empty cache whose layers are :class:`GrowingLayer`."""
     cache = DynamicCache()
@@ -157,17 +169,21 @@ def _copy_layer(
     values: torch.Tensor,
     rows: torch.Tensor,
     entries: torch.Tensor | None,
+    room: int | None = None,
 ) -> None:
     """Make layer ``index`` of ``cache`` hold, for each new row r, source row ``rows[r]`` of the
     ``keys``/``values`` restricted to ``entries[r, h]`` per KV head (all entries when None), in buffers
-    with room to grow, so the first decoding step appends instead of copying the layer again."""
+    with room to grow (``room`` spare slots, else :func:`growth_capacity`'s), so the first decoding step
+    appends instead of copying the layer again. A layer ``cache`` already has is replaced: its old buffers
+    are freed here (unless referenced elsewhere), before the caller copies the next layer."""
     if entries is None:
         entries = torch.arange(keys.shape[2], device=keys.device).expand(len(rows), keys.shape[1], -1)
     length = entries.shape[-1]
-    capacity = growth_capacity(length)
+    capacity = growth_capacity(length) if room is None else length + room
     key_buffer = _gather_into_buffer(keys, rows, entries, capacity)
     value_buffer = _gather_into_buffer(values, rows, entries, capacity)
-    cache.update(keys[:1, :, :0], values[:1, :, :0], index)
+    if index >= len(cache.layers):
+        cache.update(keys[:1, :, :0], values[:1, :, :0], index)
     cache.layers[index].adopt(key_buffer, value_buffer, length)
 
 
@@ -197,6 +213,10 @@ class KVState:
         """Keys and values of one layer, each (B, H_kv, T_l, d)."""
         cache_layer = self.cache.layers[index]
         return cache_layer.keys, cache_layer.values
+
+    def devices(self) -> list[torch.device]:
+        """The device of each layer's entries."""
+        return [self.layer(index)[0].device for index in range(self.num_layers)]
 
     def lengths(self) -> list[int]:
         return [self.layer(i)[0].shape[-2] for i in range(self.num_layers)]
@@ -234,11 +254,22 @@ class KVState:
         for index in range(self.num_layers):
             keys, values = self.layer(index)
             _copy_layer(cache, index, keys, values, rows.to(keys.device), keep[index].to(keys.device))
-        valid = [layer_valid.to(self.layer(index)[0].device) for index, layer_valid in enumerate(valid)]
-        if dense is None:
-            # One read of every layer's "all valid" flag: a read per layer would wait for the device each.
-            dense = torch.stack([layer_valid.all() for layer_valid in valid]).tolist()
-        return KVState(cache, [None if whole else v for whole, v in zip(dense, valid, strict=True)])
+        return KVState(cache, _sparse_masks(valid, dense, self.devices()))
+
+    def compact(self, keep: list[torch.Tensor], valid: list[torch.Tensor], room: int) -> None:
+        """Keep, in every row r, layer l and KV head h, only the entries ``keep[l][r, h]`` (R, H_kv, K_l),
+        with validity ``valid[l]`` (R, K_l), and room for ``room`` appended entries before buffers grow.
+
+        In place and one layer at a time: a layer's new buffers are filled from its old ones, which are
+        freed before the next layer is copied, so the compressed cache never coexists with the whole
+        uncompressed one, only with one of its layers (the caller must hold no other reference to them).
+        """
+        for index in range(self.num_layers):
+            keys, values = self.layer(index)
+            rows = torch.arange(keys.shape[0], device=keys.device)
+            _copy_layer(self.cache, index, keys, values, rows, keep[index].to(keys.device), room)
+            del keys, values
+        self.valid = _sparse_masks(valid, None, self.devices())
 
     def select_rows(self, rows: torch.Tensor) -> KVState:
         """A new state holding only batch rows ``rows`` (1-D index tensor)."""

@@ -70,8 +70,6 @@ import bench_readme
 import torch
 import transformers
 from bench_common import Row
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from infokv import generate, generate_sweep, methods
 from infokv.engine.capture import prefill
@@ -401,7 +399,7 @@ class Bench:
     def sweep(self) -> None:
         args = self.args
         tokens = args.sweep_tokens
-        tokenizer = word_tokenizer(self.config.vocab_size)
+        tokenizer = bench_common.word_tokenizer(self.config.vocab_size)
         text = " ".join(f"t{i}" for i in bench_common.prompt_ids(tokens)[0].tolist())
         settings = [(name, budget) for name in args.methods for budget in args.budgets]
         new = args.sweep_new_tokens
@@ -450,7 +448,7 @@ class Bench:
 
     def scenario(self) -> None:
         args = self.args
-        tokenizer = word_tokenizer(self.config.vocab_size)
+        tokenizer = bench_common.word_tokenizer(self.config.vocab_size)
         text = " ".join(f"t{i}" for i in bench_common.prompt_ids(args.scenario_prompt)[0].tolist())
         seconds = {}
         for name in args.scenario_methods:
@@ -529,15 +527,6 @@ class Bench:
                 f"{stats['compression_events']} compressions, peak {stats['peak_cache_entries']} entries",
                 flush=True,
             )
-
-
-def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """A tokenizer whose words 't<id>' are the token ids: lets the engine's text API run on random ids."""
-    backend = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="t128000", eos_token="t128001", pad_token="t128002"
-    )
 
 
 def run_kvpress(args: argparse.Namespace, out: Path) -> list[Row]:

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 FIELDS = ("method", "budget", "prompt_tokens", "batch", "metric", "value", "unit", "floor", "call")
 SEED = 0
@@ -92,6 +93,15 @@ def prompt_ids(tokens: int, batch: int = 1) -> torch.Tensor:
     """(batch, tokens) random prompt ids on the GPU; the same for a given length in every process."""
     generator = torch.Generator().manual_seed(SEED + tokens)
     return torch.randint(0, PROMPT_VOCAB, (batch, tokens), generator=generator).cuda()
+
+
+def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A tokenizer whose words 't<id>' are the token ids: lets the engine's text API run on random ids."""
+    backend = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="t128000", eos_token="t128001", pad_token="t128002"
+    )
 
 
 def parameter_count(model: torch.nn.Module) -> tuple[int, int]:

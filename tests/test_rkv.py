@@ -12,8 +12,10 @@ import pytest
 import torch
 from reference import rkv_scores, rotated_queries_and_keys
 
-from infokv import generate, load_model, methods
+from infokv import generate, load_model, methods, signals
 from infokv.engine import decoding, sweep
+from infokv.engine.capture import prefill
+from infokv.engine.views import PrefillView
 from infokv.methods.rkv import RKV
 from infokv.signals import redundancy
 from infokv.signals.redundancy import key_redundancy
@@ -95,6 +97,21 @@ def test_padding_and_row_blocks_leave_the_redundancy_unchanged(monkeypatch):
     assert key_redundancy(padded, valid, 0.5)[..., :3].eq(0).all()
     monkeypatch.setattr(redundancy, "queries_per_block", lambda *args: 2)
     assert torch.allclose(key_redundancy(keys, None, 0.5), alone, atol=1e-7)
+
+
+def test_prefill_view_window_queries_and_scores_match_the_reference(model):
+    """The captured window queries (in chunks) are the rotated queries; R-KV's score over a prefilled prompt
+    equals the reference (tiny models of two architectures, GQA)."""
+    prompt = torch.randint(4, 80, (1, 90), generator=torch.Generator().manual_seed(2))
+    valid = torch.ones_like(prompt, dtype=torch.bool)
+    state, captured, _ = prefill(model, prompt, valid, {(signals.WINDOW_QUERIES, 8)}, chunk=37)
+    method = methods.get("rkv")
+    for layer, (queries, keys) in enumerate(rotated_queries_and_keys(model, prompt)):
+        view = PrefillView(state, captured, layer, memo={})
+        close = dict(rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(view.window_queries(8)[0].double(), queries[:, -8:], **close)
+        expected = rkv_scores(queries, keys, view.scaling)
+        torch.testing.assert_close(method.score(view)[0, :, :82].double(), expected, **close)
 
 
 @pytest.mark.parametrize(

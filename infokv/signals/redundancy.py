@@ -41,13 +41,13 @@ def _spared_similarity_block(
     batch, heads, length, _ = units.shape
     similarity = torch.matmul(units[:, :, start:stop], units.transpose(-1, -2))
     rows = torch.arange(start, stop, device=units.device)
-    columns = torch.arange(length, device=units.device)
+    columns = torch.arange(length, device=units.device, dtype=torch.int32)
     pairs = valid[:, None, None, :] & valid[:, None, start:stop, None] & (rows[:, None] != columns[None, :])
-    similarity = similarity.masked_fill(~pairs, 0.0)
+    similarity.masked_fill_(~pairs, 0.0)
     similar = (similarity > threshold) & pairs
-    last = torch.where(similar, columns, -1).amax(dim=-1, keepdim=True)
+    last = torch.where(similar, columns, -1).amax(dim=-1, keepdim=True).long()
     spared = torch.where(last >= 0, last, first_valid[:, None, None, None].expand_as(last))
-    return similarity.scatter(-1, spared, 0.0)
+    return similarity.scatter_(-1, spared, 0.0)
 
 
 def key_redundancy(keys: torch.Tensor, valid: torch.Tensor | None, threshold: float) -> torch.Tensor:

@@ -3,11 +3,11 @@
 Each cached entry i of a KV head h is scored by its importance to the last w queries (the observation
 window) minus its redundancy among the cached keys:
 
-    ℓ_{j,i} = R_{g∈G(h)} ( q_j^(g) · k_i · s )                       j in the window, i before it
+    ℓ_{j,i} = M_{g∈G(h)} ( q_j^(g) · k_i · s )                       j in the window, i before it
     I_i    = maxpool_K( (1/w) Σ_j softmax_i(ℓ_{j,i}) )                over the keys before the window
     S_i    = λ · I_i − (1 − λ) · R_i
 
-with s the attention scaling, R the reduction of the query heads of h's GQA group (max of the logits,
+with s the attention scaling, M the reduction of the query heads of h's GQA group (max of the logits,
 before the softmax), maxpool_K a max pool of kernel K over the keys before the window (stride 1; the
 window's keys are not its neighbours) and R_i the key redundancy of :mod:`infokv.signals.redundancy`
 (cosine similarity to the other keys, each entry's most recent near-duplicate above θ spared, mean,

@@ -74,3 +74,77 @@ class Reference:
 
     def evolution(self, layer: int) -> torch.Tensor:
         return 1 - F.cosine_similarity(self.layer_outputs[layer], self.layer_outputs[-1], dim=-1)
+
+
+def rotated_queries_and_keys(model, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the float64 queries (H_q, T, d) and cached keys (H_kv, T, d) of one unpadded prompt
+    (1, T), both after RoPE: q = W_q h, rotated as x·cos + rotate_half(x)·sin with the layer's own cos/sin."""
+    reference = copy.deepcopy(model).double()
+    reference.set_attn_implementation("eager")
+    inputs: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def capture(index: int):
+        def hook(module, args, kwargs):
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            inputs[index] = (hidden, kwargs["position_embeddings"])
+
+        return hook
+
+    layers = reference.model.layers
+    handles = [
+        layer.self_attn.register_forward_pre_hook(capture(i), with_kwargs=True)
+        for i, layer in enumerate(layers)
+    ]
+    with torch.no_grad():
+        cache = reference(input_ids, use_cache=True).past_key_values
+    for handle in handles:
+        handle.remove()
+    result = []
+    for index, layer in enumerate(layers):
+        hidden, (cos, sin) = inputs[index]
+        attention = layer.self_attn
+        length = hidden.shape[1]
+        with torch.no_grad():
+            query = attention.q_proj(hidden)[0].reshape(length, -1, attention.head_dim).transpose(0, 1)
+        half = query.shape[-1] // 2
+        rotated_half = torch.cat([-query[..., half:], query[..., :half]], dim=-1)
+        query = query * cos[0] + rotated_half * sin[0]
+        result.append((query, cache.layers[index].keys[0].double()))
+    return result
+
+
+def rkv_scores(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    scaling: float,
+    window: int = 8,
+    kernel: int = 7,
+    mix: float = 0.07,
+    threshold: float = 0.5,
+) -> torch.Tensor:
+    """R-KV's score (H_kv, T − window) of the keys before the window, as the authors' code defines it, for
+    the last ``window`` queries (H_q, ≥ window, d) and all T keys (H_kv, T, d) of one sequence:
+    λ · maxpool(mean_j softmax_i(max_group q_j·k_i·s)) − (1 − λ) · softmax(column mean of the cosine
+    matrix with a zero diagonal and, in each row, its last entry above ``threshold`` (else its first)
+    zeroed)."""
+    queries, keys = queries.double()[:, -window:], keys.double()
+    kv_heads, length, _ = keys.shape
+    group = queries.shape[0] // kv_heads
+    context = length - window
+    scores = []
+    for head in range(kv_heads):
+        own = keys[head]
+        logits = torch.stack([queries[head * group + g] @ own[:context].T * scaling for g in range(group)])
+        attention = logits.max(dim=0).values.softmax(dim=-1).mean(dim=0)
+        pooled = torch.stack(
+            [attention[max(0, i - kernel // 2) : i + kernel // 2 + 1].max() for i in range(context)]
+        )
+        unit = own / (own.norm(dim=-1, keepdim=True) + 1e-8)
+        similarity = unit @ unit.T
+        similarity.fill_diagonal_(0.0)
+        for row in range(length):
+            similar = (similarity[row] > threshold).nonzero()[:, 0].tolist()
+            similarity[row, similar[-1] if similar else 0] = 0.0
+        redundancy = similarity.mean(dim=0).softmax(dim=-1)
+        scores.append(mix * pooled - (1 - mix) * redundancy[:context])
+    return torch.stack(scores)

@@ -21,8 +21,8 @@ def random_prompt(length: int, seed: int = 0) -> torch.Tensor:
 
 def test_registry_lists_every_method():
     assert methods.available("prefill") == ALL
-    assert methods.available("decode") == [n for n in ALL if n not in PREFILL_ONLY] + ["rpc"]
-    assert set(methods.available()) == set(ALL) | {"rpc"}
+    assert methods.available("decode") == [n for n in ALL if n not in PREFILL_ONLY] + ["rpc", "rkv"]
+    assert set(methods.available()) == set(ALL) | {"rpc", "rkv"}
     assert methods.get("infokv", alpha=0.5).alpha == 0.5
 
 

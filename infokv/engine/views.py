@@ -74,6 +74,12 @@ class PrefillView(Memoised):
 
         return self.memoised(("window", self.layer, window, pooling, kernel, reduction), compute)
 
+    def window_queries(self, window: int) -> torch.Tensor:
+        queries = self.captured.window_queries.get(self.layer)
+        if queries is None:
+            raise self._missing("window queries")
+        return torch.cat(queries, dim=2)[:, :, -window:]
+
     def cumulative_attention(self, reduction: str) -> torch.Tensor:
         cumulative = self.captured.cumulative.get(self.layer)
         if cumulative is None:
@@ -161,6 +167,11 @@ class DecodeView(Memoised):
                 self.entries.queries, self.keys, self.valid, self.scaling, window, pooling, kernel, reduction
             ),
         )
+
+    def window_queries(self, window: int) -> torch.Tensor:
+        if self.entries.queries is None:
+            raise RuntimeError("decoding window queries were not captured")
+        return self.entries.queries[:, :, -window:]
 
     def cumulative_attention(self, reduction: str) -> torch.Tensor:
         return reduce_heads(self.entries.cumulative, self.keys.shape[1], reduction)

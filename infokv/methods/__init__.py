@@ -17,12 +17,13 @@ from infokv.methods.h2o import H2O
 from infokv.methods.infokv import InfoKV
 from infokv.methods.knorm import KNorm
 from infokv.methods.pyramidkv import PyramidKV
+from infokv.methods.rkv import RKV
 from infokv.methods.rpc import RPC
 from infokv.methods.snapkv import SnapKV
 from infokv.methods.streamingllm import StreamingLLM
 from infokv.methods.tova import TOVA
 
-_METHODS = (Full, StreamingLLM, H2O, SnapKV, PyramidKV, ExpectedAttention, InfoKV, RPC, KNorm, TOVA)
+_METHODS = (Full, StreamingLLM, H2O, SnapKV, PyramidKV, ExpectedAttention, InfoKV, RPC, RKV, KNorm, TOVA)
 _REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _METHODS}
 
 

@@ -32,6 +32,10 @@ class LayerView(Protocol):
         """Attention of the last ``window`` queries to every token, pooled and reduced to KV heads."""
         ...
 
+    def window_queries(self, window: int) -> torch.Tensor:
+        """The last ``window`` captured queries (B, H_q, ≤ window, d), after RoPE, as the keys are."""
+        ...
+
     def cumulative_attention(self, reduction: str) -> torch.Tensor:
         """Attention each token received from every later query, reduced to KV heads."""
         ...

@@ -183,10 +183,12 @@ class Replaying(fidelity.ForcedSampler):
         return super().__call__(logits)
 
 
+@pytest.mark.parametrize("compress", ["prompt", "context_only"])
 def test_a_decode_compression_keeping_everything_matches_the_full_cache_which_is_its_own_reference(
-    llama, tokenizer
+    llama, tokenizer, compress
 ):
-    full, keeping, _ = decode_sweep(llama, tokenizer)
+    prompts = PROMPTS if compress == "prompt" else SPLIT
+    full, keeping, _ = decode_sweep(llama, tokenizer, prompts=prompts, compress=compress)
     for reference, completion in zip(full, keeping, strict=True):
         assert (
             completion.stats["compression_events"] == DECODE_TOKENS // 4 - 1

@@ -510,7 +510,7 @@ def _run_batch(
     )
     measured = _measured(settings) if fidelity else []
     decode_measured = _decode_measured(settings) if fidelity else []
-    prompt_state = state if measured else None  # the measured caches are gathered from it after decoding
+    prompt_state = state if measured or decode_measured else None  # measured caches are rebuilt from it
     del state
     compress_seconds = time.perf_counter() - clock
     clock = time.perf_counter()

@@ -204,6 +204,7 @@ def cli_cases() -> list[Case]:
         Case("cuda_graphs", ["scenario.cuda_graphs=maybe"], "scenario.cuda_graphs 'maybe'"),
         Case("max_new_tokens_0", ["max_new_tokens=0"], "max_new_tokens 0 is not allowed"),
         Case("compress_every", [*decode, "scenario.compress_every=0"], "scenario.compress_every 0"),
+        Case("fidelity_tokens", [*decode, "scenario.fidelity_tokens=0"], "scenario.fidelity_tokens 0"),
         Case(
             "compress_prompt", [*decode, "scenario.compress_prompt=maybe"], "scenario.compress_prompt 'maybe'"
         ),
@@ -425,6 +426,7 @@ def api_cases(model, tokenizer) -> list[tuple[str, Callable[[], object], str]]:
         ("compress_every", decoding(decode_method="rpc", compress_every=0), "compress_every 0 must be"),
         ("compress_prompt", decoding(decode_method="rpc", compress_prompt="yes"), "compress_prompt 'yes'"),
         ("stop_at_eos", generate(stop_at_eos=1), "stop_at_eos 1 is not allowed; use true or false"),
+        ("fidelity_tokens", generate(fidelity_tokens=0), "fidelity_tokens 0 is not allowed"),
         ("settings_empty", sweep([]), "settings must be a non-empty list"),
         ("settings_string", sweep("snapkv"), "settings must be a non-empty list"),
         ("setting_short", sweep([("snapkv",)]), "is not (method, budget)"),
@@ -445,7 +447,7 @@ def api_cases(model, tokenizer) -> list[tuple[str, Callable[[], object], str]]:
     ]
 
 
-API_ROWS = 40
+API_ROWS = 41
 
 
 @pytest.mark.parametrize("row", range(API_ROWS))

@@ -14,6 +14,13 @@ agreement exactly 1. The distribution of a_0 is the one the decoding started fro
 logits, or the question's through the row's cache); a_t for t ≥ 1 comes from feeding a_{t−1}.
 Log-probabilities are made for a chunk of positions at a time (:data:`LOG_PROB_ELEMENTS`), so the
 (positions × vocabulary) tensor of a long answer never exists whole.
+
+A cache compressed while decoding changes along the generation, so one forward through it cannot stand
+for it. :class:`ForcedSampler` instead takes the decoding loop's sampler's place: at step t every row is
+fed a_t of its prompt's full-cache answer, so the loop compresses at the same steps, with the same
+signals (the producing distribution is the one the real sampler would have used), as a real run of that
+answer; q_t is then the row's distribution before a_t is fed, and the full cache's rows, decoded in the
+same batch, give p_t. The record is the same as above.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import PreTrainedModel
 
+from infokv.engine.sampling import Sampler
 from infokv.hf.cache import KVState
 from infokv.hf.forward import forward_hidden
 from infokv.hf.logit_head import LogitHead
@@ -136,3 +144,75 @@ def measure(
         summarise(kl[row, :count], agree[row, :count], nll[row, :count])
         for row, count in enumerate(len(answer) for answer in answers)
     ]
+
+
+class ForcedSampler(Sampler):
+    """Feeds every row its answer, token by token, in place of sampling, and measures each step's
+    distribution against the reference row's (:func:`infokv.signals.divergence.position_divergence`).
+
+    Row r of the decoding batch is fed ``answers[r]`` and compared with row ``reference_rows[r]``, which is
+    fed the same answer; rows past the end of their answer are fed ``pad_id`` and not measured.
+    :meth:`distribution` is the real sampler's (``temperature``), so signals computed from the producing
+    distribution match a real run. :meth:`subset` narrows this sampler in place (the decoding loop drops
+    finished rows; rows sharing an answer stop together, so a row never outlives its reference), so that
+    :meth:`records` of the caller's sampler covers every row.
+    """
+
+    def __init__(
+        self,
+        temperature: float,
+        top_p: float,
+        answers: Sequence[Sequence[int]],
+        reference_rows: Sequence[int],
+        pad_id: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__(temperature, top_p, [], device)
+        self.answers, self.valid = right_pad(answers, pad_id, device)
+        self.reference = list(reference_rows)
+        self.step = 0
+        self.terms: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._follow(list(range(len(answers))))
+
+    def _follow(self, rows: list[int]) -> None:
+        """Follow the original rows ``rows`` from now on, each compared with its reference among them."""
+        self.rows = rows
+        place = {row: index for index, row in enumerate(rows)}
+        device = self.answers.device
+        self.row_ids = torch.tensor(rows, device=device)
+        self.reference_places = torch.tensor([place[self.reference[row]] for row in rows], device=device)
+
+    @property
+    def length(self) -> int:
+        """Tokens of the longest answer: the steps that feed one."""
+        return self.answers.shape[1]
+
+    def subset(self, rows: list[int]) -> ForcedSampler:
+        """This sampler, narrowed to the given rows of the current batch."""
+        self._follow([self.rows[row] for row in rows])
+        return self
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """The answers' tokens at this step, after recording KL, agreement and NLL of every row."""
+        targets = self.answers[self.row_ids, self.step]
+        log_probs = logits.float().log_softmax(dim=-1)
+        kl, agree, nll = position_divergence(log_probs[self.reference_places], log_probs, targets)
+        self.terms.append((self.step, self.row_ids, kl, agree, nll))
+        self.step += 1
+        return targets
+
+    def records(self) -> list[dict[str, object]]:
+        """One fidelity record (:func:`summarise`) per original row, over the answer tokens it was fed."""
+        count, width = self.answers.shape
+        columns = [torch.zeros(count, width) for _ in range(3)]
+        fed = torch.zeros(count, width, dtype=torch.bool)
+        for step, rows, *terms in self.terms:
+            rows = rows.cpu()
+            for column, term in zip(columns, terms, strict=True):
+                column[rows, step] = term.float().cpu()
+            fed[rows, step] = True
+        fed &= self.valid.cpu()
+        kl, agree, nll = columns
+        return [
+            summarise(kl[row][fed[row]], agree[row][fed[row]], nll[row][fed[row]]) for row in range(count)
+        ]

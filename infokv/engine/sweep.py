@@ -5,25 +5,26 @@ requested methods need; each (method, budget) setting then selects its kept toke
 full cache, and all settings decode together as one batch whose rows keep different numbers of
 tokens (shorter rows are filled with masked entries). A sweep therefore costs one prefill per
 sample plus one batched decode, not one prefill and decode per setting. With ``fidelity`` every
-setting compressed at prefill is also compared with the full cache by teacher forcing the full cache's
-answer through its cache (:mod:`infokv.engine.fidelity`).
+setting is also compared with the full cache by teacher forcing the full cache's answer
+(:mod:`infokv.engine.fidelity`): through its cache when compressed at prefill, through a second, forced
+decode when compressed while decoding.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from infokv import methods
 from infokv.engine.capture import Captured, prefill
-from infokv.engine.config_values import boolean, integer
+from infokv.engine.config_values import boolean, integer, optional_integer
 from infokv.engine.decode_signals import DecodeTracker, entries_from_prefill
 from infokv.engine.decoding import DecodeBatch, DecodeCompression, decode
-from infokv.engine.fidelity import measure
+from infokv.engine.fidelity import ForcedSampler, measure
 from infokv.engine.sampling import Sampler
 from infokv.engine.views import PrefillView
 from infokv.hf.cache import KVState
@@ -378,6 +379,7 @@ def generate_sweep(
     stop_at_eos: bool = True,
     cuda_graphs: bool = True,
     fidelity: bool = True,
+    fidelity_tokens: int | None = None,
 ) -> list[list[Completion]]:
     """Completions for every setting and prompt: ``result[setting][prompt · samples + sample]``.
 
@@ -390,12 +392,14 @@ def generate_sweep(
     cache's answer (same prompt and draw) is teacher-forced through the setting's compressed cache
     (:mod:`infokv.engine.fidelity`). The reference is the sweep's full setting; without one, a full setting
     (:func:`reference_setting`) is decoded as well and its completions are not returned. Settings that
-    compress while decoding are not measured: their caches change along their own generation, so
-    teacher forcing the full answer would need a compressing decode of it (their ``fidelity`` stays empty).
-    Cost: one forward of the answer tokens for the measured rows after decoding; the batch's full prompt
-    cache is kept while decoding (it is anyway when rows share it, :func:`shares_prompt`), and the measured
-    rows' compressed caches are gathered from it again afterwards (the memory a decode of gathered copies
-    holds), after which it is freed.
+    compress while decoding change their caches along the generation: they and the full setting are decoded
+    again from their compressed prompt caches, every row fed the full cache's answer
+    (:class:`infokv.engine.fidelity.ForcedSampler`), compressing at the same steps as a real run.
+    ``fidelity_tokens`` limits the teacher-forced answer to its first tokens (None: all of it).
+    Cost: one forward of the answer tokens for the rows compressed at prefill, and one more decode of up to
+    ``fidelity_tokens`` steps for the rows compressed while decoding and the full rows; the batch's full
+    prompt cache is kept while decoding (it is anyway when rows share it, :func:`shares_prompt`), and the
+    measured rows' caches are gathered from it again afterwards, after which it is freed.
     """
     resolved = build_settings(settings, compress_every, compress_prompt)
     tokenized = tokenize(tokenizer, prompts, compress)
@@ -411,11 +415,12 @@ def generate_sweep(
         raise ValueError(f"cuda_graphs {cuda_graphs!r} must be true or false")
     boolean("stop_at_eos", stop_at_eos)
     boolean("fidelity", fidelity)
+    optional_integer("fidelity_tokens", fidelity_tokens, 1)
     check_model(model)
     if batch_size is not None:
         integer("batch_size", batch_size, 1)
     unique = list(dict.fromkeys(resolved))  # equal settings (e.g. full at two budgets) are decoded once
-    if fidelity and _measured(unique) and not any(is_reference(setting) for setting in unique):
+    if fidelity and not any(is_reference(setting) for setting in unique):
         unique.append(reference_setting())  # decoded for the reference answer, never returned
     step = batch_size or len(tokenized)
     options = {
@@ -426,6 +431,7 @@ def generate_sweep(
         "stop_at_eos": stop_at_eos,
         "cuda_graphs": cuda_graphs,
         "fidelity": fidelity,
+        "fidelity_tokens": fidelity_tokens,
     }
     results: list[list[Completion]] = [[] for _ in unique]
     for start in range(0, len(tokenized), step):
@@ -447,8 +453,15 @@ def reference_setting() -> Setting:
 
 
 def _measured(settings: Sequence[Setting]) -> list[int]:
-    """Indices of the settings whose fidelity is measured: those compressed at prefill only."""
+    """Indices of the settings whose fidelity is measured through their prompt caches: those compressed at
+    prefill only."""
     return [index for index, setting in enumerate(settings) if setting.decode is None]
+
+
+def _decode_measured(settings: Sequence[Setting]) -> list[int]:
+    """Indices of the settings whose fidelity is measured by a teacher-forced decode: those compressed
+    while decoding."""
+    return [index for index, setting in enumerate(settings) if setting.decode is not None]
 
 
 def _requirements(settings: Sequence[Setting]) -> tuple[set, set]:
@@ -473,9 +486,11 @@ def _run_batch(
     stop_at_eos: bool,
     cuda_graphs: bool,
     fidelity: bool,
+    fidelity_tokens: int | None,
 ) -> list[list[Completion]]:
     """One batch through every setting: prefill once, compress per setting, decode all rows together, then
-    with ``fidelity`` teacher-force the full setting's answers through the measured settings' caches.
+    with ``fidelity`` teacher-force the full setting's answers (their first ``fidelity_tokens``) through the
+    measured settings' caches, decoding again those compressed while decoding.
 
     Settings run widest first (:func:`widest_first`) and their completions come back in the given order."""
     device = model.device
@@ -493,7 +508,8 @@ def _run_batch(
     caches = _compress_copies(model, state, captured, settings, share, rows, decode_needs)
     selections = caches.selections
     measured = _measured(settings) if fidelity else []
-    prompt_state = state if measured else None  # the measured caches are gathered from it after decoding
+    decode_measured = _decode_measured(settings) if fidelity else []
+    prompt_state = state if measured or decode_measured else None  # measured caches are rebuilt from it
     del state
     compress_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -514,11 +530,35 @@ def _run_batch(
     decode_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     fidelities: dict[int, list[dict[str, object]]] = {}
+    if decode_measured:
+        fidelities = _decode_fidelity(
+            model,
+            prompt_state,
+            captured,
+            batch,
+            settings,
+            tokens,
+            seeds,
+            last_logits,
+            decoding,
+            decode_needs,
+            pad_id,
+            fidelity_tokens,
+        )
     if measured:
         forced_state = _measured_rows(prompt_state, selections, measured, len(batch))
         del prompt_state
-        fidelities = _fidelity(
-            model, forced_state, batch, settings, measured, tokens, captured, last_logits, pad_id
+        fidelities |= _fidelity(
+            model,
+            forced_state,
+            batch,
+            settings,
+            measured,
+            tokens,
+            captured,
+            last_logits,
+            pad_id,
+            fidelity_tokens,
         )
     shared = {
         "batch_size": len(batch),
@@ -584,9 +624,11 @@ def _decode_rows(
     seeds: Sequence[int],
     options: DecodeOptions,
     pad_id: int,
+    sampler: Sampler | None = None,
 ) -> tuple[list[list[int]], list]:
     """Every (setting, prompt) row from its compressed cache: the question tokens where there are any,
-    then all rows decode together, each setting's rows compressed while decoding by its own method.
+    then all rows decode together, each setting's rows compressed while decoding by its own method. The
+    tokens come from ``sampler`` (by default one of ``options`` and ``seeds``).
 
     The rows' caches are taken from ``caches``: from then on only the decoding batch holds them, so a
     cache the decoding replaces (rows leaving, compression) is freed at once."""
@@ -598,7 +640,8 @@ def _decode_rows(
         logits, positions, prompt_lengths = _read_questions(
             model, rows_state, tracker, batch, captured.lengths.repeat(copies), last_logits, copies, pad_id
         )
-        sampler = Sampler(options.temperature, options.top_p, list(seeds) * copies, device)
+        if sampler is None:
+            sampler = Sampler(options.temperature, options.top_p, list(seeds) * copies, device)
         groups = torch.arange(copies, device=device).repeat_interleave(len(batch))
         rows = list(range(copies * len(batch)))
         decode_batch = DecodeBatch(rows_state, caches.layers, positions, prompt_lengths, groups, rows)
@@ -672,12 +715,14 @@ def _fidelity(
     captured: Captured,
     last_logits: torch.Tensor,
     pad_id: int,
+    limit: int | None,
 ) -> dict[int, list[dict[str, object]]]:
     """Fidelity records of the measured settings (index → one per prompt) from their caches ``state``
-    (:func:`_measured_rows`): questions are fed as before decoding, then the full setting's answers."""
+    (:func:`_measured_rows`): questions are fed as before decoding, then the full setting's answers (their
+    first ``limit`` tokens; None: all)."""
     size, copies = len(batch), len(measured)
     reference = next(index for index in measured if is_reference(settings[index]))
-    answers = [tokens[reference * size + row] for row in range(size)] * copies
+    answers = [tokens[reference * size + row][:limit] for row in range(size)] * copies
     reference_rows = torch.arange(size).repeat(copies) + measured.index(reference) * size
     tracker = DecodeTracker(set(), [], captured.scaling)  # nothing is tracked here
     with torch.inference_mode():
@@ -686,6 +731,43 @@ def _fidelity(
         )
         records = measure(model, state, first_logits, answers, positions, reference_rows, pad_id)
     return {index: records[copy * size : (copy + 1) * size] for copy, index in enumerate(measured)}
+
+
+def _decode_fidelity(
+    model: PreTrainedModel,
+    state: KVState,
+    captured: Captured,
+    batch: Sequence[Tokenized],
+    settings: Sequence[Setting],
+    tokens: Sequence[list[int]],
+    seeds: Sequence[int],
+    last_logits: torch.Tensor,
+    decoding: DecodeOptions,
+    decode_needs: set,
+    pad_id: int,
+    limit: int | None,
+) -> dict[int, list[dict[str, object]]]:
+    """Fidelity records of the settings compressed while decoding (index → one per prompt). Their rows and
+    the full setting's are compressed again from the prompt cache ``state`` as before decoding, then decoded
+    together with every row fed its prompt's full-cache answer (its first ``limit`` tokens; None: all) by a
+    :class:`ForcedSampler`, which compares each row's distributions with the full row's of the same prompt."""
+    size = len(batch)
+    reference = next(index for index, setting in enumerate(settings) if is_reference(setting))
+    forced = [reference, *_decode_measured(settings)]
+    chosen = [settings[index] for index in forced]
+    answers = [tokens[reference * size + row][:limit] for row in range(size)] * len(forced)
+    rows = torch.arange(size, device=model.device).repeat(len(forced))
+    caches = _compress_copies(model, state, captured, chosen, False, rows, decode_needs)
+    sampler = ForcedSampler(
+        decoding.temperature, decoding.top_p, answers, list(range(size)) * len(forced), pad_id, model.device
+    )
+    options = replace(decoding, max_new_tokens=sampler.length)
+    compressions = [setting.decode for setting in chosen]
+    _decode_rows(
+        model, caches, decode_needs, captured, batch, last_logits, compressions, seeds, options, pad_id, sampler
+    )
+    records = sampler.records()
+    return {index: records[copy * size : (copy + 1) * size] for copy, index in enumerate(forced) if copy}
 
 
 def _read_questions(

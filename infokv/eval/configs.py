@@ -84,6 +84,10 @@ class DecodeScenario:
     cuda_graphs: bool = True
     compress_every: int = 1024  # compress the generated part every this many new tokens
     compress_prompt: bool = False  # also compress the prompt's entries (default: kept whole)
+    # KL(full ‖ compressed), argmax agreement and NLL along the full cache's answer: each compressed setting
+    # decodes it again, teacher-forced, compressing as it goes (infokv.engine.fidelity.ForcedSampler)
+    fidelity: bool = True
+    fidelity_tokens: int | None = 4096  # the answer's first this many tokens (null: all; cost: their decode)
 
 
 @dataclass

@@ -177,6 +177,7 @@ def check_values(cfg: DictConfig) -> None:
         choice("scenario.compress", cfg.scenario.compress, COMPRESS_MODES)
     else:
         integer("scenario.compress_every", cfg.scenario.compress_every, 1)
+        optional_integer("scenario.fidelity_tokens", cfg.scenario.fidelity_tokens, 1)
     text("model.name", cfg.model.name)
     if cfg.model.label is not None and not LABEL.fullmatch(cfg.model.label):
         reject("model.label", cfg.model.label, "letters, digits, '_', '-' and '.'")
@@ -441,7 +442,8 @@ def score_batch(cfg: DictConfig, work: Work, model, batch: list) -> Iterator[lis
         samples=scenario.samples,
         prefill_chunk=scenario.prefill_chunk,
         cuda_graphs=scenario.cuda_graphs,
-        fidelity=bool(scenario.get("fidelity", False)),
+        fidelity=scenario.fidelity,
+        fidelity_tokens=scenario.get("fidelity_tokens"),  # the prefill scenario forces the whole answer
     )
     draws = scenario.samples
     for position, (sample, prompt) in enumerate(zip(batch, prompts, strict=True)):

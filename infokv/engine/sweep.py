@@ -764,7 +764,17 @@ def _decode_fidelity(
     options = replace(decoding, max_new_tokens=sampler.length)
     compressions = [setting.decode for setting in chosen]
     _decode_rows(
-        model, caches, decode_needs, captured, batch, last_logits, compressions, seeds, options, pad_id, sampler
+        model,
+        caches,
+        decode_needs,
+        captured,
+        batch,
+        last_logits,
+        compressions,
+        seeds,
+        options,
+        pad_id,
+        sampler,
     )
     records = sampler.records()
     return {index: records[copy * size : (copy + 1) * size] for copy, index in enumerate(forced) if copy}

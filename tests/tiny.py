@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Olmo2Config,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 VOCAB = 80
+SLIDING_WINDOW = 12
+"""Window of the tiny sliding-window layers: shorter than the test prompts, so windows really slide."""
+
+ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3", "phi3", "gemma3", "olmo2")
+"""Every architecture :func:`tiny_config` builds: GQA (Llama-3, Qwen2, Qwen3 with q/k norms), Mistral with
+a sliding window in every layer, Phi-3's fused QKV projection, Gemma-3's sliding and global layers with
+query pre-attention scaling and final-logit soft-capping, and OLMo-2's multi-head attention."""
 
 
 def tiny_config(architecture: str):
@@ -23,13 +40,26 @@ def tiny_config(architecture: str):
         tie_word_embeddings=False,
     )
     if architecture == "llama":
-        return LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+        return LlamaConfig(**common, rope_parameters=ROPE)
     if architecture == "qwen2":
-        return Qwen2Config(
+        return Qwen2Config(**common, use_sliding_window=False, rope_parameters=ROPE)
+    if architecture == "mistral":
+        return MistralConfig(**common, sliding_window=SLIDING_WINDOW, rope_parameters=ROPE)
+    if architecture == "qwen3":
+        return Qwen3Config(**common, head_dim=16, use_sliding_window=False, rope_parameters=ROPE)
+    if architecture == "phi3":
+        return Phi3Config(**common, rope_parameters=ROPE)
+    if architecture == "gemma3":
+        return Gemma3TextConfig(
             **common,
-            use_sliding_window=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=SLIDING_WINDOW,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            final_logit_softcapping=30.0,
         )
+    if architecture == "olmo2":
+        return Olmo2Config(**{**common, "num_key_value_heads": 4}, rope_parameters=ROPE)
     raise ValueError(architecture)
 
 

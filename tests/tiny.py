@@ -66,7 +66,21 @@ def tiny_config(architecture: str):
 def tiny_model(architecture: str = "llama", seed: int = 0):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(architecture), attn_implementation="sdpa")
-    # Random init gives near-uniform logits; sharpen them so greedy decoding has clear winners.
     with torch.no_grad():
+        # Random init gives near-uniform logits; sharpen them so greedy decoding has clear winners.
         model.get_output_embeddings().weight.mul_(8.0)
+        # q/k norms start as identities, which give every key the same norm (a tie for KNorm's ranking);
+        # trained models' norm weights differ per feature.
+        for name, parameter in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                parameter.add_(0.5 * torch.randn_like(parameter))
     return model.eval()
+
+
+def reference_greedy(model, tokenizer, prompt: str, new_tokens: int) -> list[int]:
+    """The model's own greedy generation, without any infokv code in the loop."""
+    input_ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    output = model.generate(
+        input_ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None
+    )
+    return output[0, input_ids.shape[1] :].tolist()

@@ -110,6 +110,12 @@ def test_every_decoding_method_batched_equals_one_by_one(model, tokenizer):
             assert single[0].token_ids == together[row].token_ids, (method.name, row)
             assert single[0].stats["compressions"] == together[row].stats["compressions"], (method.name, row)
             assert len(together[row].stats["compressions"]) == (method.name != "full") * 3
+    sliding = any(attention_windows(model))
+    for (_, _, method, _), completions in zip(settings, batched, strict=True):
+        for completion in completions:
+            # Cache entries are counted in the fullest layer: a sliding layer, which keeps every entry.
+            for _, before, after in completion.stats["compressions"]:
+                assert after == before if sliding else after < before, (method.name, before, after)
 
 
 def eager_twin(model):

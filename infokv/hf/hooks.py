@@ -6,7 +6,8 @@ While a :class:`ForwardContext` is active, the model's attention runs through
 
 * builds its mask from the :class:`~infokv.hf.cache.KVState` validity masks (left padding, filler
   entries of shorter rows, per-layer cache lengths) and the causal order of the new queries, so
-  a compressed cache of any per-layer length can be attended with explicit positions, and
+  a compressed cache of any per-layer length can be attended with explicit positions, restricted to
+  the window in sliding-window layers (which are never compressed), and
 * hands the post-RoPE queries and the keys to a capture callback, so attention-based signals
   are recomputed for the few queries that need them instead of asking for ``eager`` weights.
 """

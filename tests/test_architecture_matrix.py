@@ -50,9 +50,9 @@ def test_the_matrix_covers_each_attention_layout():
     """The layouts the architectures are here for: MHA and GQA, sliding layers alone and beside full ones."""
     configs = {name: tiny_config(name) for name in ARCHITECTURES}
     assert {c.num_attention_heads == c.num_key_value_heads for c in configs.values()} == {True, False}
-    layouts = {name: attention_windows(tiny_model(name)) for name in ("llama", "mistral", "gemma3")}
+    layouts = {name: attention_windows(tiny_model(name)) for name in ("llama3", "mistral", "gemma3")}
     assert layouts == {
-        "llama": [None] * 3,
+        "llama3": [None] * 3,
         "mistral": [SLIDING_WINDOW] * 3,
         "gemma3": [SLIDING_WINDOW, None, SLIDING_WINDOW],
     }

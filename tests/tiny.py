@@ -19,10 +19,19 @@ SLIDING_WINDOW = 12
 """Window of the tiny sliding-window layers: shorter than the test prompts, so windows really slide."""
 
 ROPE = {"rope_type": "default", "rope_theta": 10000.0}
-ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3", "phi3", "gemma3", "olmo2")
-"""Every architecture :func:`tiny_config` builds: GQA (Llama-3, Qwen2, Qwen3 with q/k norms), Mistral with
-a sliding window in every layer, Phi-3's fused QKV projection, Gemma-3's sliding and global layers with
-query pre-attention scaling and final-logit soft-capping, and OLMo-2's multi-head attention."""
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+ARCHITECTURES = ("llama3", "qwen2", "mistral", "qwen3", "phi3", "gemma3", "olmo2")
+"""The architecture matrix (``tests/test_architecture_matrix.py``): GQA (Llama-3 with its RoPE scaling,
+Qwen2, Qwen3 with q/k norms), Mistral with a sliding window in every layer, Phi-3's fused QKV projection,
+Gemma-3's sliding and global layers with query pre-attention scaling and final-logit soft-capping, and
+OLMo-2's multi-head attention."""
 
 
 def tiny_config(architecture: str):
@@ -41,6 +50,8 @@ def tiny_config(architecture: str):
     )
     if architecture == "llama":
         return LlamaConfig(**common, rope_parameters=ROPE)
+    if architecture == "llama3":
+        return LlamaConfig(**common, rope_parameters=LLAMA3_ROPE)
     if architecture == "qwen2":
         return Qwen2Config(**common, use_sliding_window=False, rope_parameters=ROPE)
     if architecture == "mistral":

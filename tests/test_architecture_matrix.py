@@ -22,7 +22,6 @@ from transformers import AutoModelForCausalLM, Gemma2Config, GPTNeoXConfig, Mamb
 
 from infokv import compress, generate, generate_sweep, methods, signals
 from infokv.engine.capture import prefill
-from infokv.engine.sweep import generate as engine_generate
 from infokv.hf.cache import KVState, attention_windows
 from infokv.hf.forward import forward_hidden
 from infokv.hf.hooks import decoder_layers, prerope_query_hooks
@@ -212,7 +211,7 @@ def test_a_model_outside_the_matrix_fails_with_one_line_before_model_work(tokeni
 
     outside.base_model.register_forward_pre_hook(refuse)
     with pytest.raises(ValueError, match=re.escape(message)) as error:
-        engine_generate(outside, tokenizer, PROMPTS, "snapkv", 0.5, max_new_tokens=2)
+        generate(outside, tokenizer, PROMPTS, "snapkv", 0.5, max_new_tokens=2)
     assert "\n" not in str(error.value)
 
 

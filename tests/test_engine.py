@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import reference_greedy
 
 from infokv import generate, generate_sweep, methods
 from infokv.engine.capture import prefill
@@ -18,15 +19,6 @@ PROMPTS = [
     "Pack my box with five dozen liquor jugs, said the sphinx.",
     "How vexingly quick daft zebras jump! " * 2,
 ]
-
-
-def reference_greedy(model, tokenizer, prompt: str, new_tokens: int) -> list[int]:
-    """The model's own greedy generation, without any infokv code in the loop."""
-    input_ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    output = model.generate(
-        input_ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None
-    )
-    return output[0, input_ids.shape[1] :].tolist()
 
 
 @pytest.mark.parametrize("name", ALL)

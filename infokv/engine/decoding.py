@@ -107,6 +107,9 @@ def _compress_rows(
     lengths = prompt_lengths[rows]
     selections = []
     for layer, entries in enumerate(layers):
+        if state.windows[layer] is not None:  # sliding-window layers keep every entry (compress_settings)
+            selections.append(_everything(state, layer, rows))
+            continue
         keys, values = state.layer(layer)
         keys, values = keys[rows], values[rows]
         valid = state.valid_mask(layer)[rows]

@@ -29,10 +29,7 @@ from infokv.engine.sampling import Sampler
 from infokv.engine.views import PrefillView
 from infokv.hf.cache import KVState
 from infokv.hf.forward import forward_hidden
-from infokv.hf.hooks import (
-    check_attention_implementation,
-    check_full_attention_layers,
-)
+from infokv.hf.hooks import check_attention_implementation, check_attention_layers
 from infokv.hf.logit_head import LogitHead
 from infokv.methods.base import Method
 from infokv.methods.budget import Budget
@@ -172,8 +169,8 @@ def check_model(model: PreTrainedModel) -> None:
         raise TypeError(
             f"model is a {type(model).__name__}; expected a transformers model (infokv.load_model)"
         )
+    check_attention_layers(model)
     check_attention_implementation(model)
-    check_full_attention_layers(model)
 
 
 def check_input_ids(model: PreTrainedModel, input_ids: torch.Tensor) -> None:
@@ -219,6 +216,14 @@ def layer_ranking(view: PrefillView, method: Method) -> torch.Tensor:
     return view.memoised(("ranking", method), ranking)
 
 
+def whole_layer_ranking(view: PrefillView) -> torch.Tensor:
+    """Entry indices (B, H_kv, T) with every valid entry first, in order: a layer that keeps them all."""
+    return view.across_layers(
+        ("whole layer",),
+        lambda: rank(view.keys.new_zeros(view.keys.shape[:3]), view.valid, torch.zeros_like(view.valid)),
+    )
+
+
 def compress_settings(
     state: KVState, captured: Captured, settings: Sequence[Setting], share: bool = False
 ) -> tuple[KVState, list[list[Selection]]]:
@@ -229,6 +234,11 @@ def compress_settings(
     a sweep costs one selection per layer, not one per setting. The rows' caches are gathered copies,
     or with ``share`` masks over ``state`` itself (:meth:`KVState.share_prompt`), which is cheaper when
     the settings together keep more entries than the full cache holds (:func:`shares_prompt`).
+
+    Sliding-window layers (``state.windows``) are not compressed: every setting keeps all their entries,
+    as their window already bounds what queries attend, and their attention under the window mask is then
+    exactly the model's; only full-attention layers are scored and cut to the budget. Their rows never
+    share the prompt cache, whose fixed masks cannot follow a window that moves with each new token.
     """
     layers = state.num_layers
     batch = captured.valid.shape[0]
@@ -241,6 +251,9 @@ def compress_settings(
             for setting in settings
         ]
     )
+    sliding = [window is not None for window in state.windows]
+    keeps[:, torch.tensor(sliding)] = captured.host_lengths
+    share = share and not any(sliding)
     widest = keeps.amax(dim=(0, 2))
     widths = widest.tolist()
     dense = (keeps == widest[None, :, None]).all(dim=2).all(dim=0).tolist()  # every row keeps the width
@@ -250,7 +263,10 @@ def compress_settings(
     shared: dict = {}
     for layer in range(layers):
         view = PrefillView(state, captured, layer, memo={}, shared=shared)
-        rankings = torch.cat([layer_ranking(view, setting.method) for setting in settings])
+        if sliding[layer]:
+            rankings = whole_layer_ranking(view).repeat(len(settings), 1, 1)
+        else:
+            rankings = torch.cat([layer_ranking(view, setting.method) for setting in settings])
         selected = take_top(rankings, device_keeps[:, layer].reshape(-1), widths[layer])
         indices.append(selected.indices)
         valid.append(selected.valid)

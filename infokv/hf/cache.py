@@ -3,7 +3,8 @@
 A :class:`KVState` is a transformers ``DynamicCache`` plus, per layer, a boolean mask of the
 cached entries that queries may attend to. Entries are masked when they are left padding or
 filler (rows of one batch keep different numbers of tokens, so shorter rows are padded with
-masked entries). Layers may hold different numbers of entries (PyramidKV budgets).
+masked entries). Layers may hold different numbers of entries (PyramidKV budgets). Sliding-window
+layers (:func:`attention_windows`) keep every entry; their queries attend only the window.
 """
 
 from __future__ import annotations
@@ -30,6 +31,28 @@ def _cache_argument_name(model_class: type) -> str:
     # Once per class: inspecting the signature at every decoding step would cost host time per step.
     parameters = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+LAYER_TYPES = ("full_attention", "sliding_attention")
+"""Layer types (``config.layer_types``) whose caches we hold and attend."""
+
+
+def attention_windows(model: PreTrainedModel) -> list[int | None]:
+    """Per decoder layer, the sliding window its queries attend (``None`` for full attention), or a one-line
+    error naming a layer type we cannot attend (linear attention, Mamba, chunked attention, ...).
+
+    With ``config.layer_types`` (Gemma-2/3, Qwen2/3, ...) ``sliding_attention`` layers use
+    ``config.sliding_window``; without it (Llama, Mistral, Phi-3) ``config.sliding_window``, if set, applies
+    to every layer, as those models pass it to every layer's attention."""
+    config = model.config.get_text_config(decoder=True)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:
+        return [window] * config.num_hidden_layers
+    unsupported = sorted({kind for kind in layer_types if kind not in LAYER_TYPES})
+    if unsupported:
+        raise ValueError(f"model has layer types {unsupported}; supported layer types: {list(LAYER_TYPES)}")
+    return [window if kind == "sliding_attention" else None for kind in layer_types]
 
 
 class GrowingLayer(DynamicLayer):
@@ -192,6 +215,8 @@ class KVState:
     """A KV cache with per-layer validity masks.
 
     ``valid[l]`` is a (B, T_l) bool tensor (True = attendable) or ``None`` when every entry is valid.
+    ``windows[l]`` is layer l's sliding window (``None``: full attention); a sliding layer holds every token
+    fed, so the valid entries before a query are its predecessors in order (:func:`attention_windows`).
     With ``shared``, each row also attends its kept entries of a prompt cache shared by every row
     (:class:`infokv.hf.shared_prefix.SharedPrefix`); ``cache`` then holds only what the rows generated.
     """
@@ -199,11 +224,16 @@ class KVState:
     cache: DynamicCache
     valid: list[torch.Tensor | None] = field(default_factory=list)
     shared: SharedPrefix | None = None
+    windows: list[int | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.windows is None:
+            self.windows = [None] * len(self.valid)
 
     @classmethod
     def empty(cls, model: PreTrainedModel) -> KVState:
-        layers = model.config.get_text_config(decoder=True).num_hidden_layers
-        return cls(new_cache(), [None] * layers)
+        windows = attention_windows(model)
+        return cls(new_cache(), [None] * len(windows), windows=windows)
 
     @property
     def num_layers(self) -> int:
@@ -254,7 +284,7 @@ class KVState:
         for index in range(self.num_layers):
             keys, values = self.layer(index)
             _copy_layer(cache, index, keys, values, rows.to(keys.device), keep[index].to(keys.device))
-        return KVState(cache, _sparse_masks(valid, dense, self.devices()))
+        return KVState(cache, _sparse_masks(valid, dense, self.devices()), windows=self.windows)
 
     def compact(self, keep: list[torch.Tensor], valid: list[torch.Tensor], room: int) -> None:
         """Keep, in every row r, layer l and KV head h, only the entries ``keep[l][r, h]`` (R, H_kv, K_l),
@@ -278,7 +308,8 @@ class KVState:
             keys, values = self.layer(index)
             _copy_layer(cache, index, keys, values, rows.to(keys.device), None)
         shared = None if self.shared is None else self.shared.select_rows(rows)
-        return KVState(cache, [None if valid is None else valid[rows] for valid in self.valid], shared)
+        valid = [None if valid is None else valid[rows] for valid in self.valid]
+        return KVState(cache, valid, shared, self.windows)
 
     def share_prompt(self, rows: torch.Tensor, keep: list[torch.Tensor]) -> KVState:
         """A state of R rows that attend entries ``keep[l]`` (R, H_kv, T_l) of this state's rows ``rows``
@@ -301,7 +332,7 @@ class KVState:
         for index in range(self.num_layers):
             _copy_layer(generated, index, keys[index], values[index], rows.to(device), nothing)
         shared = SharedPrefix(keys, values, keep, rows.cpu())
-        return KVState(generated, [None] * self.num_layers, shared)
+        return KVState(generated, [None] * self.num_layers, shared, self.windows)
 
     def fix_shapes(self, steps: int, step: torch.Tensor) -> None:
         """Switch to fixed-shape appends (:class:`FixedWrite`) for up to ``steps`` steps, counted by the

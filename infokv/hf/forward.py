@@ -3,6 +3,7 @@ through our attention function, plus the model facts the views need (attention s
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -45,20 +46,29 @@ def forward_hidden(
 
 
 def attention_scaling(model: PreTrainedModel) -> float:
-    return float(decoder_layers(model)[0].self_attn.scaling)
+    """The softmax scale of every layer's attention (``self_attn.scaling``); one line if layers differ."""
+    scalings = sorted({float(layer.self_attn.scaling) for layer in decoder_layers(model)})
+    if len(scalings) > 1:
+        raise ValueError(f"layers scale attention differently ({scalings}); one scale per model is supported")
+    return scalings[0]
 
 
 def rotary_function(
     model: PreTrainedModel,
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
-    """cos, sin (B, n, d) of the model's RoPE at positions (B, n), or None for models without RoPE."""
+    """cos, sin (B, n, d) of the model's RoPE at positions (B, n), or None for models without RoPE.
+
+    Models with a RoPE per layer type (Gemma-3: a local base for sliding layers) give the full-attention
+    layers' one: only those layers are compressed (:func:`infokv.hf.cache.attention_windows`)."""
     rotary = getattr(model.base_model, "rotary_emb", None)
     if rotary is None:
         return None
+    per_type = "layer_type" in inspect.signature(rotary.forward).parameters
+    layer_type = {"layer_type": "full_attention"} if per_type else {}
 
     def rotate(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probe = torch.zeros(1, dtype=torch.float32, device=positions.device)
-        cos, sin = rotary(probe, positions)
+        cos, sin = rotary(probe, positions, **layer_type)
         return cos.float(), sin.float()
 
     return rotate

@@ -6,7 +6,8 @@ While a :class:`ForwardContext` is active, the model's attention runs through
 
 * builds its mask from the :class:`~infokv.hf.cache.KVState` validity masks (left padding, filler
   entries of shorter rows, per-layer cache lengths) and the causal order of the new queries, so
-  a compressed cache of any per-layer length can be attended with explicit positions, and
+  a compressed cache of any per-layer length can be attended with explicit positions, restricted to
+  the window in sliding-window layers (which are never compressed), and
 * hands the post-RoPE queries and the keys to a capture callback, so attention-based signals
   are recomputed for the few queries that need them instead of asking for ``eager`` weights.
 """
@@ -25,7 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface, PreTrainedModel
 
-from infokv.hf.cache import KVState
+from infokv.hf.cache import KVState, attention_windows
 from infokv.kernels import causal_attention, decode_attention
 from infokv.kernels.prefix import ValidPrefix
 
@@ -33,6 +34,8 @@ ATTENTION_NAME = "infokv"
 Scaling = float | None
 """The softmax scale of attention (None: 1/√d)."""
 SUPPORTED_ATTENTION = ("sdpa", "flash_attention_2")
+QUERY_PROJECTIONS = ("q_proj", "qkv_proj")
+"""Where a layer's queries come from: their own projection, or the first heads of a fused QKV one (Phi-3)."""
 
 AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None]
 AttentionReplacement = Callable[
@@ -69,13 +72,30 @@ def check_attention_implementation(model: PreTrainedModel) -> str:
     return implementation
 
 
-def check_full_attention_layers(model: PreTrainedModel) -> None:
-    """Reject models with sliding-window or linear-attention layers, whose caches we do not compress yet."""
-    text_config = model.config.get_text_config(decoder=True)
-    layer_types = getattr(text_config, "layer_types", None) or []
-    other = sorted({kind for kind in layer_types if kind != "full_attention"})
-    if other:
-        raise ValueError(f"model has layer types {other}; only 'full_attention' layers are supported")
+def check_attention_layers(model: PreTrainedModel) -> None:
+    """A one-line error unless every decoder layer is a self-attention layer we can hold and attend: full
+    attention or a sliding window (:func:`infokv.hf.cache.attention_windows`), with its query projection
+    as ``q_proj`` or the fused ``qkv_proj`` (Phi-3) and a softmax scale (``scaling``: 1/√d, or Gemma's
+    ``query_pre_attn_scalar``^-1/2), and without attention logit soft-capping (Gemma-2), which neither our
+    attention nor the attention signals apply."""
+    attention_windows(model)
+    for index, layer in enumerate(decoder_layers(model)):
+        attention = getattr(layer, "self_attn", None)
+        if attention is None:
+            raise ValueError(
+                f"decoder layer {index} ({type(layer).__name__}) has no self-attention (self_attn); "
+                "only decoder layers of full or sliding-window self-attention are supported"
+            )
+        if not any(hasattr(attention, name) for name in QUERY_PROJECTIONS):
+            raise ValueError(
+                f"decoder layer {index}'s attention {type(attention).__name__} has none of the query "
+                f"projections {list(QUERY_PROJECTIONS)}"
+            )
+        if not isinstance(getattr(attention, "scaling", None), int | float):
+            raise ValueError(f"decoder layer {index}'s attention {type(attention).__name__} has no scaling")
+        cap = getattr(attention, "attn_logit_softcapping", None)
+        if cap is not None:
+            raise ValueError(f"attention logit soft-capping (attn_logit_softcapping={cap}) is not supported")
 
 
 def attention_mask_for(
@@ -91,6 +111,23 @@ def attention_mask_for(
     if valid is None:
         return causal[None, None]
     return ((causal[None] & valid[:, None, :]) | (key_index == query_index)[None])[:, None]
+
+
+def window_mask_for(
+    valid: torch.Tensor | None, queries: int, keys: int, window: int, device: torch.device
+) -> torch.Tensor:
+    """:func:`attention_mask_for` restricted to a sliding window: query j sees the valid keys among the last
+    ``window`` tokens up to itself, as transformers' ``sliding_window_overlay`` (key index > query index −
+    window). Tokens are counted by their order among the valid entries, so left padding and padded
+    question tokens in the middle of a row do not shorten the window."""
+    mask = attention_mask_for(valid, queries, keys, device)
+    if valid is None:
+        order = torch.arange(keys, device=device)[None, :]
+    else:
+        order = valid.long().cumsum(dim=-1)
+    query_order = order[:, keys - queries :]
+    near = order[:, None, :] > query_order[:, :, None] - window
+    return mask & near[:, None]
 
 
 def _repeat_heads(states: torch.Tensor, repeats: int) -> torch.Tensor:
@@ -119,7 +156,6 @@ def _flash_attention(module, query, key, value, scaling, backend, **kwargs) -> t
     the latter resolves the kernel from ``module.config._attn_implementation``, which is ``infokv`` here."""
     from transformers.modeling_flash_attention_utils import _flash_attention_forward
 
-    kwargs.pop("sliding_window", None)  # only full-attention layers are accepted
     return _flash_attention_forward(
         query.transpose(1, 2),
         key.transpose(1, 2),
@@ -143,17 +179,32 @@ def infokv_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Attention of (B, H_q, q, d) queries over (B, H_kv, k, d) keys with masks from the active context."""
+    """Attention of (B, H_q, q, d) queries over (B, H_kv, k, d) keys with masks from the active context.
+
+    A sliding-window layer attends under :func:`window_mask_for`, never through the faster unmasked paths,
+    and its attention is not replaced by ``context.attend``: only full-attention layers are compressed, so
+    only their attention signals are collected that way."""
     context = _ACTIVE.get()
     if context is None:
         raise RuntimeError("infokv attention called outside of an infokv forward context")
     layer = module.layer_idx
     valid = context.state.valid[layer]
+    window = context.state.windows[layer]
     queries, keys = query.shape[2], key.shape[2]
     if valid is not None and valid.shape[-1] != keys:
         raise RuntimeError(f"layer {layer}: validity mask covers {valid.shape[-1]} entries, cache has {keys}")
+    if kwargs.get("sliding_window") != window:
+        raise RuntimeError(
+            f"layer {layer}: the model attends a sliding window of {kwargs.get('sliding_window')}, the cache "
+            f"was built for {window}"
+        )
     if context.on_attention is not None:
         context.on_attention(layer, query, key, valid)
+    if window is not None:
+        if context.state.shared is not None:
+            raise RuntimeError(f"layer {layer} slides a window, which a shared prompt cache cannot follow")
+        mask = window_mask_for(valid, queries, keys, window, query.device)
+        return _masked_attention(query, key, value, mask, scaling).transpose(1, 2).contiguous(), None
     if context.attend is not None:
         output = context.attend(layer, query, key, value, valid, scaling)
         return output.transpose(1, 2).contiguous(), None
@@ -208,7 +259,8 @@ def _chunk_attention_cuda(
         return F.scaled_dot_product_attention(
             query, key, value, scale=scaling, enable_gqa=repeats > 1, **causal
         )
-    return _masked_attention(query, key, value, valid, scaling)
+    mask = attention_mask_for(valid, queries, keys, query.device)
+    return _masked_attention(query, key, value, mask, scaling)
 
 
 def _chunk_attention_cpu(
@@ -222,16 +274,15 @@ def _chunk_attention_cpu(
         return F.scaled_dot_product_attention(
             query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), is_causal=True, scale=scaling
         )
-    return _masked_attention(query, key, value, valid, scaling)
+    mask = attention_mask_for(valid, queries, keys, query.device)
+    return _masked_attention(query, key, value, mask, scaling)
 
 
 def _masked_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor | None, scaling: Scaling
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scaling: Scaling
 ) -> torch.Tensor:
-    """Attention under the full (q × k) mask of :func:`attention_mask_for`."""
-    queries, keys = query.shape[2], key.shape[2]
+    """Attention under a boolean (B or 1, 1, q, k) ``mask``."""
     repeats = query.shape[1] // key.shape[1]
-    mask = attention_mask_for(valid, queries, keys, query.device)
     return F.scaled_dot_product_attention(
         query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
     )
@@ -299,24 +350,35 @@ def prerope_query_hooks(
 ) -> Iterator[None]:
     """Call ``callback(layer, queries)`` with each layer's pre-RoPE queries (B, q, H_q, d).
 
-    The hook sits on ``q_norm`` when the architecture normalises queries (Qwen3, Gemma3), else on ``q_proj``.
+    The hook sits on the query projection's output: ``q_proj``, or the first H_q · d features of a fused
+    ``qkv_proj`` (Phi-3, whose queries come first). Where the architecture normalises queries, the hook
+    applies the layer's ``q_norm`` itself, as the model does before RoPE: per head when its weight has d
+    features (Qwen3, Gemma-3), over the whole projection when it has H_q · d (OLMo-2). The norm is applied
+    to the projection rather than hooked, as its output's layout differs by architecture ((B, q, H, d) in
+    Qwen3, (B, H, q, d) in Gemma-3).
     """
     text_config = model.config.get_text_config(decoder=True)
-    head_dim = (
-        getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    )
+    heads = text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
 
-    def make_hook(index: int):
+    def make_hook(index: int, norm: nn.Module | None):
         def hook(module: nn.Module, args, output: torch.Tensor) -> None:
-            callback(index, output.reshape(*output.shape[:2], -1, head_dim))
+            queries = output[..., : heads * head_dim]
+            if norm is not None and norm.weight.shape[-1] != head_dim:
+                queries = norm(queries)
+            queries = queries.reshape(*queries.shape[:2], heads, head_dim)
+            if norm is not None and norm.weight.shape[-1] == head_dim:
+                queries = norm(queries)
+            callback(index, queries)
 
         return hook
 
     handles = []
     for index, layer in enumerate(decoder_layers(model)):
         attention = layer.self_attn
-        target = getattr(attention, "q_norm", None) or attention.q_proj
-        handles.append(target.register_forward_hook(make_hook(index)))
+        projection = next(getattr(attention, name) for name in QUERY_PROJECTIONS if hasattr(attention, name))
+        norm = getattr(attention, "q_norm", None)
+        handles.append(projection.register_forward_hook(make_hook(index, norm)))
     try:
         yield
     finally:

@@ -61,18 +61,22 @@ class PrefillView(Memoised):
         index = torch.arange(length, device=self.keys.device, dtype=torch.float32)
         return index.expand(batch, heads, length)
 
-    def window_attention(self, window: int, pooling: str, kernel: int, reduction: str) -> torch.Tensor:
+    def window_attention(
+        self, window: int, pooling: str, kernel: int, reduction: str, normalised: bool = True
+    ) -> torch.Tensor:
         queries = self.captured.window_queries.get(self.layer)
         if queries is None:
             raise self._missing("window queries")
+        valid = self._valid_or_none()
 
         def compute() -> torch.Tensor:
             stacked = torch.cat(queries, dim=2)
             return window_attention(
-                stacked, self.keys, self._valid_or_none(), self.scaling, window, pooling, kernel, reduction
+                stacked, self.keys, valid, self.scaling, window, pooling, kernel, reduction, normalised
             )
 
-        return self.memoised(("window", self.layer, window, pooling, kernel, reduction), compute)
+        key = ("window", self.layer, window, pooling, kernel, reduction, normalised)
+        return self.memoised(key, compute)
 
     def cumulative_attention(self, reduction: str) -> torch.Tensor:
         cumulative = self.captured.cumulative.get(self.layer)
@@ -152,13 +156,16 @@ class DecodeView(Memoised):
     def positions_score(self) -> torch.Tensor:
         return self.entries.positions.float()
 
-    def window_attention(self, window: int, pooling: str, kernel: int, reduction: str) -> torch.Tensor:
+    def window_attention(
+        self, window: int, pooling: str, kernel: int, reduction: str, normalised: bool = True
+    ) -> torch.Tensor:
         if self.entries.queries is None:
             raise RuntimeError("decoding window queries were not captured")
+        queries, scaling = self.entries.queries, self.scaling
         return self.memoised(
-            ("window", window, pooling, kernel, reduction),
+            ("window", window, pooling, kernel, reduction, normalised),
             lambda: window_attention(
-                self.entries.queries, self.keys, self.valid, self.scaling, window, pooling, kernel, reduction
+                queries, self.keys, self.valid, scaling, window, pooling, kernel, reduction, normalised
             ),
         )
 

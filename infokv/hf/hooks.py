@@ -81,7 +81,8 @@ def check_full_attention_layers(model: PreTrainedModel) -> None:
 def attention_mask_for(
     valid: torch.Tensor | None, queries: int, keys: int, device: torch.device
 ) -> torch.Tensor:
-    """Boolean (B or 1, 1, q, k) mask: query j sits at key index k - q + j and sees valid keys up to itself.
+    """Boolean (B or 1, 1, q, k) mask, or (B, H_kv, q, k) for a per-head ``valid`` (B, H_kv, k): query j sits
+    at key index k - q + j and sees valid keys up to itself.
 
     A query always sees itself, so padding queries never produce an all-masked row (NaN).
     """
@@ -90,7 +91,8 @@ def attention_mask_for(
     causal = key_index <= query_index
     if valid is None:
         return causal[None, None]
-    return ((causal[None] & valid[:, None, :]) | (key_index == query_index)[None])[:, None]
+    per_head = valid if valid.ndim == 3 else valid[:, None, :]
+    return (causal & per_head[:, :, None, :]) | (key_index == query_index)
 
 
 def _repeat_heads(states: torch.Tensor, repeats: int) -> torch.Tensor:
@@ -109,7 +111,7 @@ def _single_query_attention(
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    mask = None if valid is None else valid[:, None, None, :]
+    mask = None if valid is None else (valid if valid.ndim == 3 else valid[:, None, :])[:, :, None, :]
     output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
     return output.reshape(batch, query_heads, 1, dim)
 
@@ -232,6 +234,8 @@ def _masked_attention(
     queries, keys = query.shape[2], key.shape[2]
     repeats = query.shape[1] // key.shape[1]
     mask = attention_mask_for(valid, queries, keys, query.device)
+    if mask.shape[1] > 1:  # per KV head: one mask per query head of its group
+        mask = _repeat_heads(mask, repeats)
     return F.scaled_dot_product_attention(
         query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
     )

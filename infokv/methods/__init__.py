@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from infokv.methods.adakv import AdaKV
 from infokv.methods.base import Method
 from infokv.methods.expected_attention import ExpectedAttention
 from infokv.methods.full import Full
@@ -22,7 +23,7 @@ from infokv.methods.snapkv import SnapKV
 from infokv.methods.streamingllm import StreamingLLM
 from infokv.methods.tova import TOVA
 
-_METHODS = (Full, StreamingLLM, H2O, SnapKV, PyramidKV, ExpectedAttention, InfoKV, RPC, KNorm, TOVA)
+_METHODS = (Full, StreamingLLM, H2O, SnapKV, PyramidKV, ExpectedAttention, InfoKV, RPC, KNorm, TOVA, AdaKV)
 _REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _METHODS}
 
 

@@ -228,6 +228,8 @@ def compress_settings(
     a sweep costs one selection per layer, not one per setting. The rows' caches are gathered copies,
     or with ``share`` masks over ``state`` itself (:meth:`KVState.share_prompt`), which is cheaper when
     the settings together keep more entries than the full cache holds (:func:`shares_prompt`).
+    With a head-wise setting (:attr:`Method.head_wise`) the counts are per (row, KV head)
+    (:meth:`Method.head_keeps`), each layer's width is read from the device, and validity is per head.
     """
     layers = state.num_layers
     batch = captured.valid.shape[0]
@@ -255,7 +257,9 @@ def compress_settings(
         if head_wise:  # the widest head's count is known on the device only
             per_setting_keeps = zip(settings, device_keeps[:, layer], strict=True)
             keep = torch.cat([setting.method.head_keeps(view, k) for setting, k in per_setting_keeps])
-            width, dense[layer] = int(keep.max()), bool((keep == keep.max()).all())
+            widest_head = keep.max()
+            width, all_valid = torch.stack([widest_head, (keep == widest_head).all()]).tolist()
+            dense[layer] = bool(all_valid)
         selected = take_top(rankings, keep, width)
         indices.append(selected.indices)
         valid.append(selected.valid)

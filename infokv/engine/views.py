@@ -67,16 +67,15 @@ class PrefillView(Memoised):
         queries = self.captured.window_queries.get(self.layer)
         if queries is None:
             raise self._missing("window queries")
-        valid = self._valid_or_none()
 
         def compute() -> torch.Tensor:
             stacked = torch.cat(queries, dim=2)
+            valid = self._valid_or_none()
             return window_attention(
                 stacked, self.keys, valid, self.scaling, window, pooling, kernel, reduction, normalised
             )
 
-        key = ("window", self.layer, window, pooling, kernel, reduction, normalised)
-        return self.memoised(key, compute)
+        return self.memoised(("window", self.layer, window, pooling, kernel, reduction, normalised), compute)
 
     def cumulative_attention(self, reduction: str) -> torch.Tensor:
         cumulative = self.captured.cumulative.get(self.layer)
@@ -161,11 +160,18 @@ class DecodeView(Memoised):
     ) -> torch.Tensor:
         if self.entries.queries is None:
             raise RuntimeError("decoding window queries were not captured")
-        queries, scaling = self.entries.queries, self.scaling
         return self.memoised(
             ("window", window, pooling, kernel, reduction, normalised),
             lambda: window_attention(
-                queries, self.keys, self.valid, scaling, window, pooling, kernel, reduction, normalised
+                self.entries.queries,
+                self.keys,
+                self.valid,
+                self.scaling,
+                window,
+                pooling,
+                kernel,
+                reduction,
+                normalised,
             ),
         )
 

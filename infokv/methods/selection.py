@@ -60,8 +60,8 @@ def take_top(ranking: torch.Tensor, keep: torch.Tensor, width: int) -> Selection
     order_key = torch.where(is_kept, top, -1 - slot.expand(batch, heads, width))
     order = order_key.argsort(dim=-1)
     indices = torch.where(is_kept, top, torch.zeros_like(top)).gather(-1, order)
-    filled = slot >= (width - per_head)[..., None]
-    return Selection(indices, filled if keep.ndim == 2 else filled[:, 0])
+    real = slot >= (width - per_head)[..., None]
+    return Selection(indices, real if keep.ndim == 2 else real[:, 0])
 
 
 def select(scores: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor) -> Selection:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from infokv import compress, generate, generate_sweep, methods
+from infokv.engine import decoding
 from infokv.engine.sweep import left_pad
 from infokv.hf.hooks import _masked_attention, _single_query_attention
 from infokv.methods.adakv import head_budgets
@@ -175,3 +176,16 @@ def test_another_press_scores_the_heads(model):
     _, kept = compress(model, prompt, methods.get("adakv", press="knorm", window=0), 0.5)
     counts = (kept[0][0] >= 0).sum(-1)
     assert int(counts.sum()) == 60 * kept[0].shape[1]
+
+
+def test_fixed_shape_steps_attend_per_head_masks_as_growing_steps(llama, tokenizer, monkeypatch):
+    """The CUDA-graph path (fixed-shape appends), run eagerly: per-head masks grow by one slot per step."""
+    adakv = methods.get("adakv", window=8)
+    options = {"max_new_tokens": 20, "stop_at_eos": False, "fidelity": False}
+    expected = generate(llama, tokenizer, PROMPTS, adakv, 0.5, **options)
+    monkeypatch.setattr(decoding, "replayable", lambda *args: True)
+    monkeypatch.setattr(decoding, "GRAPH_STEPS", 8)  # several fixed-shape spans per generation
+    got = generate(llama, tokenizer, PROMPTS, adakv, 0.5, **options)
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    for key in ("peak_cache_entries", "final_cache_entries", "kept_tokens"):
+        assert [c.stats[key] for c in got] == [c.stats[key] for c in expected], key

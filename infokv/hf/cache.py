@@ -104,7 +104,7 @@ class FixedWrite:
         self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         slot = (self.step + self.length).reshape(1)
-        width = self.valid.shape[1]
+        width = self.valid.shape[-1]
         key_buffer, value_buffer = key_buffer[:, :, :width], value_buffer[:, :, :width]
         key_buffer.index_copy_(2, slot, keys)
         value_buffer.index_copy_(2, slot, values)

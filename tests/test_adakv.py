@@ -171,11 +171,12 @@ def test_head_wise_budgets_are_not_mixed_with_compression_while_decoding(llama, 
     assert "\n" not in str(error.value)
 
 
-def test_another_press_scores_the_heads(model):
+@pytest.mark.parametrize("press, window", [("knorm", 0), ("tova", 1), ("expected_attention", 0)])
+def test_another_press_scores_the_heads(model, press, window):
     prompt = random_prompt(120)
-    _, kept = compress(model, prompt, methods.get("adakv", press="knorm", window=0), 0.5)
-    counts = (kept[0][0] >= 0).sum(-1)
-    assert int(counts.sum()) == 60 * kept[0].shape[1]
+    _, kept = compress(model, prompt, methods.get("adakv", press=press, window=window), 0.5)
+    for layer_kept in kept:
+        assert int((layer_kept[0] >= 0).sum()) == 60 * layer_kept.shape[1]
 
 
 def test_fixed_shape_steps_attend_per_head_masks_as_growing_steps(llama, tokenizer, monkeypatch):

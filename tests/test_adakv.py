@@ -190,3 +190,13 @@ def test_fixed_shape_steps_attend_per_head_masks_as_growing_steps(llama, tokeniz
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]
     for key in ("peak_cache_entries", "final_cache_entries", "kept_tokens"):
         assert [c.stats[key] for c in got] == [c.stats[key] for c in expected], key
+
+
+def test_a_pyramid_of_layer_budgets_is_shared_out_within_each_layer(llama):
+    prompt = random_prompt(400)
+    _, pyramid = compress(llama, prompt, methods.get("pyramidkv", window=4), 0.3)
+    _, ada = compress(llama, prompt, methods.get("adakv", window=4, layer_budget="pyramid"), 0.3)
+    per_layer = [layer_kept.shape[-1] for layer_kept in pyramid]
+    assert per_layer[0] > per_layer[-1]
+    for count, layer_kept in zip(per_layer, ada, strict=True):
+        assert int((layer_kept[0] >= 0).sum()) == count * layer_kept.shape[1]

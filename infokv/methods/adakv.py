@@ -57,7 +57,8 @@ def head_budgets(ordered: torch.Tensor, keep: torch.Tensor, alpha: float) -> tor
 @dataclass(frozen=True)
 class AdaKV(Method):
     """Head-wise budgets over the scores of method ``press`` (by name, with its default parameters but
-    ``sink`` and ``window``, which are passed on to it; the defaults are SnapKV's)."""
+    ``sink``, ``window`` and ``layer_budget``, which are passed on to it: the defaults are SnapKV's, and
+    ``layer_budget=pyramid`` gives per-layer budgets shared out over each layer's heads)."""
 
     name = "adakv"
     phases = ("prefill",)

@@ -29,6 +29,7 @@ import torch
 
 from infokv.methods.base import Method
 from infokv.methods.budget import Budget
+from infokv.methods.scorers import SCORERS
 from infokv.methods.selection import forced_mask, ranked_scores
 from infokv.methods.view import LayerView, Requirement
 
@@ -72,18 +73,16 @@ class AdaKV(Method):
         super().__post_init__()
         if not 0.0 <= self.alpha_safeguard <= 1.0:
             raise ValueError(f"adakv: alpha_safeguard={self.alpha_safeguard} must be in [0, 1]")
-        if self.press not in _scorers():
+        if self.press not in SCORERS:
             raise ValueError(
                 f"adakv: press {self.press!r} is not a method that scores a prefill per head; "
-                f"use one of {_scorers()}"
+                f"use one of {list(SCORERS)}"
             )
 
     @property
     def inner(self) -> Method:
         """The scoring method, with this method's ``sink``, ``window`` and ``layer_budget``."""
-        from infokv import methods  # the registry imports this module
-
-        return methods.get(self.press, sink=self.sink, window=self.window, layer_budget=self.layer_budget)
+        return SCORERS[self.press](sink=self.sink, window=self.window, layer_budget=self.layer_budget)
 
     def requirements(self) -> set[Requirement]:
         return self.inner.requirements()
@@ -103,11 +102,3 @@ class AdaKV(Method):
 
     def label(self) -> str:
         return self.name if self.press == "snapkv" else f"{self.name}-{self.press}"
-
-
-def _scorers() -> list[str]:
-    """Methods whose per-head scores a head-wise budget can share out: prefill methods that evict."""
-    from infokv import methods
-
-    built = [methods.get(name) for name in methods.available("prefill") if name != AdaKV.name]
-    return [method.name for method in built if method.evicts and not method.head_wise]

@@ -13,11 +13,13 @@ its k_h best entries (forced first), so a budget at or above the length keeps ev
 
 The rule is kvpress 0.5.5's ``AdaKVPress`` (``alpha_safeguard`` 0.2, ``int(n · α)`` floored, at least 1),
 whose inner press forces its own tokens (SnapKV's window) by scoring them highest; here they are forced
-as the inner method forces them (``sink``, ``window``, passed on to it). kvpress keeps every entry in the
-cache and masks the evicted ones in attention. Here the evicted entries leave the cache: each layer holds
-max_h k_h entries per KV head (the widest head's), the other heads' spare slots are filler masked per
-(row, head) (:class:`~infokv.hf.cache.KVState`), so a layer holds H·max_h k_h entries instead of H·n
-(between H·n and H·T) and none of the T − max_h k_h entries that no head keeps.
+as the inner method forces them (``sink``, ``window``, passed on to it).
+
+Memory: kvpress keeps all T entries of every head in the cache and masks the evicted ones in attention.
+Here the evicted entries leave the cache: each layer holds max_h k_h entries per KV head (the widest
+head's count), and the other heads' spare slots are filler masked per (row, head)
+(:class:`~infokv.hf.cache.KVState`). A layer thus holds H·max_h k_h entries: more than the H·n of a
+uniform budget when the heads' shares are uneven, at most the H·T that kvpress holds.
 """
 
 from __future__ import annotations

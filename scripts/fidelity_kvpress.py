@@ -12,8 +12,9 @@ The two sides run in separate processes and environments and meet only through f
    and the oracle of ``tests/test_fidelity_kvpress.py`` (kvpress's kept positions on one prompt).
 
 ``python scripts/fidelity_kvpress.py`` (or ``make fidelity``) runs all three; the kvpress side is
-started with ``--kvpress-python``. Relative margin at the cut of a (layer, head): |s_i − c| / |c|, with
-c the lowest kept score (forced tokens left out) on that side.
+started with ``--kvpress-python``. ``--methods`` runs only some settings and replaces their rows (and
+oracle entries) in the files written before. Relative margin at the cut of a (layer, head):
+|s_i − c| / |c|, with c the lowest kept score (forced tokens left out) on that side.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ MODEL = Path.home() / ".cache" / "infokv" / "models" / "smollm2-135m"
 BUDGETS = (0.4, 0.2)
 PROMPT_TOKENS = {"passkey": 1200, "ruler_niah": 1500, "longreason": 1900}
 
-# name -> (our method and parameters, kvpress press class and parameters)
+# name -> (our method and parameters, kvpress press class and parameters); a ``press`` parameter names the
+# scorer press a wrapper press (AdaKVPress) wraps, built with the same compression ratio
 SETTINGS: dict[str, tuple[str, dict, str, dict]] = {
     "snapkv": ("snapkv", {}, "SnapKVPress", {}),
     "streamingllm": ("streamingllm", {}, "StreamingLLMPress", {}),
@@ -40,6 +42,7 @@ SETTINGS: dict[str, tuple[str, dict, str, dict]] = {
     "pyramidkv_window16": ("pyramidkv", {"window": 16}, "PyramidKVPress", {"window_size": 16}),
     "knorm": ("knorm", {}, "KnormPress", {}),
     "tova": ("tova", {}, "TOVAPress", {}),
+    "adakv": ("adakv", {}, "AdaKVPress", {"press": "SnapKVPress"}),
 }
 
 
@@ -69,8 +72,28 @@ def build_prompts(out: Path) -> None:
     out.write_text(json.dumps(ids))
 
 
-def run_kvpress(prompts: Path, out: Path) -> None:
-    """kvpress's kept indices and scores per setting, budget, prompt and layer, saved with torch.save."""
+def build_press(kvpress, name: str, params: dict, ratio: float):
+    """kvpress press ``name`` with ``params`` at ``compression_ratio`` = ``ratio``; a ``press`` parameter is
+    the scorer press it wraps (which then carries the ratio)."""
+    params = dict(params)
+    inner = params.pop("press", None)
+    if inner is None:
+        return getattr(kvpress, name)(compression_ratio=ratio, **params)
+    return getattr(kvpress, name)(press=getattr(kvpress, inner)(compression_ratio=ratio), **params)
+
+
+def unmasked_positions(module, heads: int, length: int) -> list[torch.Tensor]:
+    """Per KV head, the positions AdaKVPress left unmasked in row 0 (``module.masked_key_indices``)."""
+    rows, head_index, position = module.masked_key_indices
+    kept = torch.ones(heads, length, dtype=torch.bool)
+    first = rows == 0
+    kept[head_index[first], position[first]] = False
+    return [kept[head].nonzero()[:, 0] for head in range(heads)]
+
+
+def run_kvpress(prompts: Path, out: Path, names: list[str]) -> None:
+    """kvpress's kept indices and scores per setting, budget, prompt and layer, saved with torch.save; kept
+    indices are (H_kv, K) per layer, or one tensor per KV head for a press that masks per head."""
     import kvpress
     from transformers import AutoModelForCausalLM, DynamicCache
     from transformers.utils import logging
@@ -81,25 +104,31 @@ def run_kvpress(prompts: Path, out: Path) -> None:
     results = {}
     for prompt, ids in json.loads(prompts.read_text()).items():
         input_ids = torch.tensor([ids])
-        for setting, (_, _, press_name, press_params) in SETTINGS.items():
+        for setting in names:
+            _, _, press_name, press_params = SETTINGS[setting]
+            head_wise = "press" in press_params
             for budget in BUDGETS:
-                press = getattr(kvpress, press_name)(compression_ratio=1 - budget, **press_params)
+                press = build_press(kvpress, press_name, press_params, 1 - budget)
+                scorer = press.press if head_wise else press
                 layers: dict[int, dict[str, torch.Tensor]] = {}
-                score, compress = press.score, press.compress
+                score, compress = scorer.score, press.compress
 
                 def recording_score(module, *args, score=score, layers=layers):
                     scores = score(module, *args)
+                    # A copy: AdaKVPress raises its safeguarded scores in place.
                     layers[module.layer_idx] = {"scores": scores[0].clone()}
                     return scores
 
-                def recording_compress(module, *args, compress=compress, layers=layers):
+                def recording_compress(module, *args, compress=compress, layers=layers, head_wise=head_wise):
                     keys, values = compress(module, *args)
                     record = layers[module.layer_idx]
-                    # The press's own rule: topk of these scores, as many as it kept.
-                    record["kept"] = record["scores"].topk(keys.shape[2], dim=-1).indices.sort(-1).values
+                    if head_wise:  # the cache keeps every entry; the evicted ones are masked per head
+                        record["kept"] = unmasked_positions(module, *record["scores"].shape)
+                    else:  # the press's own rule: topk of these scores, as many as it kept
+                        record["kept"] = record["scores"].topk(keys.shape[2], dim=-1).indices.sort(-1).values
                     return keys, values
 
-                press.score, press.compress = recording_score, recording_compress
+                scorer.score, press.compress = recording_score, recording_compress
                 with torch.no_grad(), press(model):
                     model(input_ids, past_key_values=DynamicCache())
                 results[setting, budget, prompt] = [layers[index] for index in sorted(layers)]
@@ -145,7 +174,7 @@ def compare_setting(name: str, budget: float, prompt: str, ours: list[dict], the
     agree = total = identical = heads = 0
     disagreements: list[dict] = []
     for layer, (mine, other) in enumerate(zip(ours, theirs, strict=True)):
-        for head in range(mine["kept"].shape[0]):
+        for head in range(len(mine["kept"])):
             where = {"method": name, "budget": budget, "prompt": prompt, "layer": layer, "head": head}
             common, larger, records = compare_head(
                 {key: mine[key][head] if key != "forced" else mine[key] for key in mine},
@@ -155,7 +184,7 @@ def compare_setting(name: str, budget: float, prompt: str, ours: list[dict], the
             agree, total, heads = agree + common, total + larger, heads + 1
             identical += not records
             disagreements += records
-    counts = sorted({int(layer["kept"].shape[-1]) for layer in ours})
+    counts = sorted({sum(len(head) for head in layer["kept"]) // len(layer["kept"]) for layer in ours})
     row = {
         "method": name,
         "budget": budget,
@@ -171,8 +200,16 @@ def compare_setting(name: str, budget: float, prompt: str, ours: list[dict], the
     return row, disagreements
 
 
-def compare(prompts: Path, kvpress_results: Path, out: Path) -> None:
-    """Our kept positions and scores on the same ids (one prefill per prompt), compared with kvpress's."""
+def kept_per_head(selection) -> list[torch.Tensor]:
+    """Row 0's kept positions per KV head, without the sweep's filler (validity per row or per head)."""
+    indices, valid = selection.indices[0], selection.valid[0]
+    valid = valid.expand_as(indices) if valid.ndim == 1 else valid
+    return [head[head_valid] for head, head_valid in zip(indices, valid, strict=True)]
+
+
+def compare(prompts: Path, kvpress_results: Path, out: Path, names: list[str]) -> None:
+    """Our kept positions and scores on the same ids (one prefill per prompt), compared with kvpress's;
+    the rows of settings ``names`` replace theirs in the files already in ``out``."""
     from infokv import methods
     from infokv.engine.capture import prefill
     from infokv.engine.sweep import Setting, compress_settings
@@ -190,6 +227,7 @@ def compare(prompts: Path, kvpress_results: Path, out: Path) -> None:
         settings = [
             (name, budget, Setting.build(methods.get(ours, **params), Budget.parse(budget)))
             for name, (ours, params, _, _) in SETTINGS.items()
+            if name in names
             for budget in BUDGETS
         ]
         requirements = set().union(*(setting.method.requirements() for _, _, setting in settings))
@@ -202,7 +240,7 @@ def compare(prompts: Path, kvpress_results: Path, out: Path) -> None:
                 their_forced = forced_mask(valid, *KVPRESS_FORCED[name])[0]
                 ours = [
                     {
-                        "kept": selection.indices[0][:, selection.valid[0]],  # without the sweep's filler
+                        "kept": kept_per_head(selection),
                         "scores": method.score(PrefillView(state, captured, layer, memo={}))[0].float(),
                         "forced": forced,
                     }
@@ -215,9 +253,22 @@ def compare(prompts: Path, kvpress_results: Path, out: Path) -> None:
                 print(f"{name} {budget} {prompt}: agreement {row['token_agreement']}", flush=True)
     for record in disagreements:
         record.update({key: f"{record[key]:.3e}" for key in ("margin_kvpress", "margin_ours")})
+    rows = merged(out / "kvpress.csv", rows, names)
+    disagreements = merged(out / "kvpress_disagreements.csv", disagreements, names)
     write_csv(out / "kvpress.csv", rows)
     write_csv(out / "kvpress_disagreements.csv", disagreements, header=list(DISAGREEMENT_FIELDS))
     write_readme(out / "README.md", rows)
+
+
+def merged(path: Path, rows: list[dict], names: list[str]) -> list[dict]:
+    """``rows`` of settings ``names`` with the rows of every other setting already in CSV ``path``, by prompt
+    and then setting, as a run of every setting writes them."""
+    kept = []
+    if path.exists():
+        with path.open(newline="") as handle:
+            kept = [row for row in csv.DictReader(handle) if row["method"] not in names]
+    prompts, settings = list(PROMPT_TOKENS), list(SETTINGS)
+    return sorted(kept + rows, key=lambda row: (prompts.index(row["prompt"]), settings.index(row["method"])))
 
 
 PRESS_FORCED = {
@@ -232,10 +283,14 @@ PRESS_FORCED = {
 window, StreamingLLM's and ExpectedAttention's four sinks, TOVA's last token; KNorm forces none."""
 
 KVPRESS_FORCED = {
-    name: (PRESS_FORCED[press][0], params.get("window_size", PRESS_FORCED[press][1]))
+    name: (
+        PRESS_FORCED[params.get("press", press)][0],
+        params.get("window_size", PRESS_FORCED[params.get("press", press)][1]),
+    )
     for name, (_, _, press, params) in SETTINGS.items()
 }
-"""(sinks, window) forced by each setting's press, its ``window_size`` parameter included."""
+"""(sinks, window) forced by each setting's press (by the press it wraps, for AdaKVPress), its
+``window_size`` parameter included."""
 
 
 DISAGREEMENT_FIELDS = ("method", "budget", "prompt", "layer", "head", "position", "kept_by",
@@ -259,8 +314,9 @@ def write_readme(path: Path, rows: list[dict]) -> None:
         "",
         "Written by `make fidelity` (`python scripts/fidelity_kvpress.py --kvpress-python",
         ".venv-kvpress/bin/python`): our methods and kvpress's presses, each with default parameters",
-        "(`compression_ratio = 1 - budget`; `pyramidkv_window16`: `window=16` / `window_size=16`), on the",
-        "same token ids; SmolLM2-135M-Instruct, fp32, sdpa, CPU, each side in its own environment.",
+        "(`compression_ratio = 1 - budget`; `pyramidkv_window16`: `window=16` / `window_size=16`; `adakv`:",
+        "`AdaKVPress(SnapKVPress())`, whose heads keep different numbers of entries), on the same token",
+        "ids; SmolLM2-135M-Instruct, fp32, sdpa, CPU, each side in its own environment.",
         "Prompts (chat template, tokens): "
         + ", ".join(f"{name} {tokens}" for name, tokens in prompts.items())
         + f"; budgets {', '.join(f'{budget:.0%}' for budget in BUDGETS)}.",
@@ -296,14 +352,27 @@ def write_readme(path: Path, rows: list[dict]) -> None:
 
 
 ORACLE = Path("tests/data/kvpress_oracle.json")
-ORACLE_SETTINGS = ("snapkv", "expected_attention", "pyramidkv_window16", "tova")
+ORACLE_SETTINGS = ("snapkv", "expected_attention", "pyramidkv_window16", "tova", "adakv")
 ORACLE_PROMPT, ORACLE_BUDGET = "passkey", 0.2
 
 
-def write_oracle(prompts: Path, kvpress_results: Path, path: Path) -> None:
+def press_label(name: str, params: dict, ratio: float) -> str:
+    """How :func:`build_press` builds press ``name``, e.g.
+    ``AdaKVPress(press=SnapKVPress(compression_ratio=0.8))``."""
+    params = dict(params)
+    inner = params.pop("press", None)
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    if inner is None:
+        return f"{name}({', '.join([f'compression_ratio={ratio:g}', *arguments])})"
+    return f"{name}({', '.join([f'press={press_label(inner, {}, ratio)}', *arguments])})"
+
+
+def write_oracle(prompts: Path, kvpress_results: Path, path: Path, names: list[str]) -> None:
     """kvpress's kept positions on one ~1.2K-token prompt, for the test that needs no kvpress: per setting,
-    layer and KV head a hexadecimal bit mask over positions (bit p set when position p is kept)."""
+    layer and KV head a hexadecimal bit mask over positions (bit p set when position p is kept). Settings
+    not in ``names`` keep their entries of the oracle already at ``path``."""
     results = torch.load(kvpress_results)
+    before = json.loads(path.read_text())["settings"] if path.exists() else {}
     oracle = {
         "kvpress": "0.5.5",
         "model": "smollm2-135m (fp32, sdpa, CPU)",
@@ -314,15 +383,16 @@ def write_oracle(prompts: Path, kvpress_results: Path, path: Path) -> None:
             name: {
                 "method": SETTINGS[name][0],
                 "params": SETTINGS[name][1],
-                "press": f"{SETTINGS[name][2]}(compression_ratio={1 - ORACLE_BUDGET:g}"
-                + "".join(f", {key}={value}" for key, value in SETTINGS[name][3].items())
-                + ")",
+                "press": press_label(SETTINGS[name][2], SETTINGS[name][3], 1 - ORACLE_BUDGET),
                 "kept": [
                     [hex(sum(1 << p for p in head.tolist())) for head in layer["kept"]]
                     for layer in results[name, ORACLE_BUDGET, ORACLE_PROMPT]
                 ],
             }
+            if name in names
+            else before[name]
             for name in ORACLE_SETTINGS
+            if name in names or name in before
         },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -335,19 +405,22 @@ def main() -> None:
     parser.add_argument("--kvpress-python", default=".venv-kvpress/bin/python")
     parser.add_argument("--work", type=Path, default=Path("results/fidelity/work"))
     parser.add_argument("--out", type=Path, default=Path("results/fidelity"))
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="settings to run"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     prompts, kvpress_results = args.work / "prompts.json", args.work / "kvpress.pt"
     if args.stage in ("all", "prompts"):
         build_prompts(prompts)
     if args.stage == "kvpress":
-        run_kvpress(prompts, kvpress_results)
+        run_kvpress(prompts, kvpress_results, args.methods)
     if args.stage == "all":
         command = [args.kvpress_python, __file__, "--stage", "kvpress", "--work", str(args.work)]
-        subprocess.run(command, check=True)
+        subprocess.run([*command, "--methods", *args.methods], check=True)
     if args.stage in ("all", "compare"):
-        compare(prompts, kvpress_results, args.out)
-        write_oracle(prompts, kvpress_results, ORACLE)
+        compare(prompts, kvpress_results, args.out, args.methods)
+        write_oracle(prompts, kvpress_results, ORACLE, args.methods)
 
 
 if __name__ == "__main__":

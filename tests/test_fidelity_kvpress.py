@@ -2,7 +2,8 @@
 
 ``data/kvpress_oracle.json`` was written by ``make fidelity`` (``scripts/fidelity_kvpress.py``): the token
 ids of one ~1.2K-token chat prompt and, per (layer, KV head), the positions kvpress kept at 20%
-(``compression_ratio=0.8``), so this test needs no kvpress.
+(``compression_ratio=0.8``), so this test needs no kvpress. AdaKV's heads keep different numbers of
+positions; the others' kept sets are as large in every head.
 """
 
 from __future__ import annotations
@@ -40,4 +41,5 @@ def test_default_method_keeps_the_positions_kvpress_keeps(embedded, setting):
     assert len(kept) == len(entry["kept"])
     for layer, (ours, theirs) in enumerate(zip(kept, entry["kept"], strict=True)):
         for head, mask in enumerate(theirs):
-            assert ours[0, head].tolist() == positions(mask, ids.shape[1]), (entry["press"], layer, head)
+            kept_positions = [position for position in ours[0, head].tolist() if position >= 0]  # no filler
+            assert kept_positions == positions(mask, ids.shape[1]), (entry["press"], layer, head)

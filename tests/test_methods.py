@@ -11,8 +11,20 @@ from infokv.engine.sweep import left_pad
 from infokv.methods.budget import Budget, layer_schedule
 from infokv.methods.infokv import combine
 
-ALL = ["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "expected_attention", "infokv", "knorm", "tova"]
-PREFILL_ONLY = ("pyramidkv", "knorm", "tova")
+ALL = [
+    "full",
+    "streamingllm",
+    "h2o",
+    "snapkv",
+    "pyramidkv",
+    "expected_attention",
+    "infokv",
+    "knorm",
+    "tova",
+    "adakv",
+]
+PREFILL_ONLY = ("pyramidkv", "knorm", "tova", "adakv")
+UNIFORM = [name for name in ALL[1:] if name != "adakv"]  # every KV head keeps as many (adakv: test_adakv.py)
 
 
 def random_prompt(length: int, seed: int = 0) -> torch.Tensor:
@@ -43,7 +55,7 @@ def test_bad_method_parameters_fail_with_one_line(name, params, message):
     assert "\n" not in str(error.value)
 
 
-EXACT = [(name, {}) for name in ALL[1:]] + [
+EXACT = [(name, {}) for name in UNIFORM] + [
     ("pyramidkv", {"window": 4}),
     ("pyramidkv", {"window": 4, "layer_budget": "pyramid_original"}),
 ]
@@ -93,9 +105,18 @@ def kvpress_pyramid(length: int, ratio: float, window: int, layers: int, beta: f
     return [round(high - layer * (high - low) / (layers - 1)) for layer in range(layers)]
 
 
-@pytest.mark.parametrize("length, ratio, window", [(1195, 0.4, 16), (1898, 0.2, 16), (1500, 0.2, 16),
-                                                   (1500, 0.4, 64), (7000, 0.4, 64), (333, 0.9, 8),
-                                                   (229, 0.5, 64)])
+@pytest.mark.parametrize(
+    "length, ratio, window",
+    [
+        (1195, 0.4, 16),
+        (1898, 0.2, 16),
+        (1500, 0.2, 16),
+        (1500, 0.4, 64),
+        (7000, 0.4, 64),
+        (333, 0.9, 8),
+        (229, 0.5, 64),
+    ],
+)
 def test_pyramid_schedule_is_kvpress_with_its_fallback(length, ratio, window):
     budget = Budget.parse(ratio)
     lengths = torch.tensor([length])
@@ -122,7 +143,7 @@ def test_budget_at_or_above_length_keeps_everything(llama, name):
             assert (layer_kept[0] == torch.arange(90)).all()
 
 
-@pytest.mark.parametrize("name", ALL[1:])
+@pytest.mark.parametrize("name", UNIFORM)
 def test_padding_is_evicted_first_and_rows_match_one_by_one(model, name):
     prompts = [random_prompt(100, seed=1)[0].tolist(), random_prompt(60, seed=2)[0].tolist()]
     input_ids, valid = left_pad(prompts, 0, torch.device("cpu"))

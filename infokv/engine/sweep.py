@@ -239,6 +239,8 @@ def compress_settings(
     as their window already bounds what queries attend, and their attention under the window mask is then
     exactly the model's; only full-attention layers are scored and cut to the budget. Their rows never
     share the prompt cache, whose fixed masks cannot follow a window that moves with each new token.
+    With a head-wise setting (:attr:`Method.head_wise`) the counts are per (row, KV head)
+    (:meth:`Method.head_keeps`), each layer's width is read from the device, and validity is per head.
     """
     layers = state.num_layers
     batch = captured.valid.shape[0]
@@ -261,13 +263,21 @@ def compress_settings(
     per_setting: list[list[Selection]] = [[] for _ in settings]
     indices, valid = [], []
     shared: dict = {}
+    head_wise = any(setting.method.head_wise for setting in settings)
     for layer in range(layers):
         view = PrefillView(state, captured, layer, memo={}, shared=shared)
         if sliding[layer]:
             rankings = whole_layer_ranking(view).repeat(len(settings), 1, 1)
         else:
             rankings = torch.cat([layer_ranking(view, setting.method) for setting in settings])
-        selected = take_top(rankings, device_keeps[:, layer].reshape(-1), widths[layer])
+        keep, width = device_keeps[:, layer].reshape(-1), widths[layer]
+        if head_wise and not sliding[layer]:  # the widest head's count is known on the device only
+            per_setting_keeps = zip(settings, device_keeps[:, layer], strict=True)
+            keep = torch.cat([setting.method.head_keeps(view, k) for setting, k in per_setting_keeps])
+            widest_head = keep.max()
+            width, all_valid = torch.stack([widest_head, (keep == widest_head).all()]).tolist()
+            dense[layer] = bool(all_valid)
+        selected = take_top(rankings, keep, width)
         indices.append(selected.indices)
         valid.append(selected.valid)
         for index, selections in enumerate(per_setting):
@@ -282,13 +292,15 @@ def compress_settings(
 def kept_masks(
     indices: list[torch.Tensor], valid: list[torch.Tensor], lengths: list[int]
 ) -> list[torch.Tensor]:
-    """Per layer, (R, H_kv, T_l) True at the kept entries ``indices[l]`` (R, H_kv, K) where ``valid[l]``."""
+    """Per layer, (R, H_kv, T_l) True at the kept entries ``indices[l]`` (R, H_kv, K) where ``valid[l]``
+    (R, K) or (R, H_kv, K)."""
     masks = []
     for layer_indices, layer_valid, length in zip(indices, valid, lengths, strict=True):
         rows, heads, _ = layer_indices.shape
         mask = torch.zeros(rows, heads, length + 1, dtype=torch.bool, device=layer_indices.device)
         # Filler slots are sent to the extra column, which is dropped.
-        target = torch.where(layer_valid[:, None, :], layer_indices, length)
+        per_head = layer_valid if layer_valid.ndim == 3 else layer_valid[:, None, :]
+        target = torch.where(per_head, layer_indices, length)
         masks.append(mask.scatter_(2, target, True)[..., :length])
     return masks
 
@@ -364,7 +376,7 @@ def build_settings(
         raise ValueError(
             "settings must be a non-empty list of (method, budget[, decode_method, decode_ratio])"
         )
-    built = []
+    built: list[Setting] = []
     for spec in settings:
         if isinstance(spec, Setting):
             built.append(spec)
@@ -374,6 +386,13 @@ def build_settings(
             raise ValueError(
                 f"setting {spec!r} is not (method, budget) or (method, budget, decode_method, ratio)"
             )
+    head_wise = [setting.label() for setting in built if setting.method.head_wise]
+    decoding = [setting.label() for setting in built if setting.decode is not None]
+    if head_wise and decoding:
+        raise ValueError(
+            f"settings {head_wise} keep different entries per KV head, which compression while decoding "
+            f"({decoding}) does not support; run them in separate sweeps"
+        )
     return built
 
 
@@ -842,7 +861,7 @@ def _completions(
         flat = index * len(batch) + row
         generated = tokens[flat]
         ids = _trim(generated, stop_ids)
-        kept = [int(selection.valid[row].sum()) for selection in selections]
+        kept = [int(selection.valid[row].sum()) // _heads(selection) for selection in selections]
         stats = {
             "prompt_tokens": len(item.context) + len(item.question),
             "context_tokens": len(item.context),
@@ -859,6 +878,11 @@ def _completions(
         record = {} if fidelity is None else fidelity[row]
         completions.append(Completion(text, ids, setting.method.name, setting.budget.label(), stats, record))
     return completions
+
+
+def _heads(selection: Selection) -> int:
+    """The heads a selection's validity counts each kept token in: its KV heads where it is per head."""
+    return selection.valid.shape[1] if selection.valid.ndim == 3 else 1
 
 
 def widest_first(kept: Sequence[int]) -> list[int]:
@@ -903,7 +927,7 @@ def compress(
     """Prefill ``input_ids`` (B, T), compress, and return the cache and the kept positions.
 
     Kept positions are one (B, H_kv, K_l) integer tensor per layer: indices into ``input_ids``,
-    −1 for masked filler (rows keeping fewer tokens than the longest row).
+    −1 for masked filler (rows, or with head-wise budgets heads, keeping fewer tokens than the widest).
     """
     setting = Setting.build(method, budget)
     check_model(model)
@@ -921,6 +945,7 @@ def compress(
     with torch.inference_mode():
         compressed, selections = compress_settings(state, captured, [setting])
     kept = [
-        torch.where(s.valid[:, None, :], s.indices, torch.full_like(s.indices, -1)) for s in selections[0]
+        torch.where(s.valid if s.valid.ndim == 3 else s.valid[:, None, :], s.indices, -1)
+        for s in selections[0]
     ]
     return compressed, kept

@@ -61,18 +61,21 @@ class PrefillView(Memoised):
         index = torch.arange(length, device=self.keys.device, dtype=torch.float32)
         return index.expand(batch, heads, length)
 
-    def window_attention(self, window: int, pooling: str, kernel: int, reduction: str) -> torch.Tensor:
+    def window_attention(
+        self, window: int, pooling: str, kernel: int, reduction: str, normalised: bool = True
+    ) -> torch.Tensor:
         queries = self.captured.window_queries.get(self.layer)
         if queries is None:
             raise self._missing("window queries")
 
         def compute() -> torch.Tensor:
             stacked = torch.cat(queries, dim=2)
+            valid = self._valid_or_none()
             return window_attention(
-                stacked, self.keys, self._valid_or_none(), self.scaling, window, pooling, kernel, reduction
+                stacked, self.keys, valid, self.scaling, window, pooling, kernel, reduction, normalised
             )
 
-        return self.memoised(("window", self.layer, window, pooling, kernel, reduction), compute)
+        return self.memoised(("window", self.layer, window, pooling, kernel, reduction, normalised), compute)
 
     def window_queries(self, window: int) -> torch.Tensor:
         queries = self.captured.window_queries.get(self.layer)
@@ -158,13 +161,23 @@ class DecodeView(Memoised):
     def positions_score(self) -> torch.Tensor:
         return self.entries.positions.float()
 
-    def window_attention(self, window: int, pooling: str, kernel: int, reduction: str) -> torch.Tensor:
+    def window_attention(
+        self, window: int, pooling: str, kernel: int, reduction: str, normalised: bool = True
+    ) -> torch.Tensor:
         if self.entries.queries is None:
             raise RuntimeError("decoding window queries were not captured")
         return self.memoised(
-            ("window", window, pooling, kernel, reduction),
+            ("window", window, pooling, kernel, reduction, normalised),
             lambda: window_attention(
-                self.entries.queries, self.keys, self.valid, self.scaling, window, pooling, kernel, reduction
+                self.entries.queries,
+                self.keys,
+                self.valid,
+                self.scaling,
+                window,
+                pooling,
+                kernel,
+                reduction,
+                normalised,
             ),
         )
 

@@ -118,7 +118,8 @@ class FixedWrite:
     length: int
     step: torch.Tensor
     valid: torch.Tensor
-    """(R, length + steps): the entries attention may see, growing by one slot per step."""
+    """(R, length + steps), or (R, H_kv, length + steps) per KV head: the entries attention may see, growing
+    by one slot per step."""
     prefix: ValidPrefix | None = None
     """How the first ``length`` entries can be attended without a mask, if they can."""
 
@@ -126,11 +127,11 @@ class FixedWrite:
         self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         slot = (self.step + self.length).reshape(1)
-        width = self.valid.shape[1]
+        width = self.valid.shape[-1]
         key_buffer, value_buffer = key_buffer[:, :, :width], value_buffer[:, :, :width]
         key_buffer.index_copy_(2, slot, keys)
         value_buffer.index_copy_(2, slot, values)
-        self.valid.index_fill_(1, slot, True)
+        self.valid.index_fill_(-1, slot, True)
         return key_buffer, value_buffer
 
 
@@ -210,11 +211,18 @@ def _copy_layer(
     cache.layers[index].adopt(key_buffer, value_buffer, length)
 
 
+def _per_row(counts: torch.Tensor) -> torch.Tensor:
+    """Entry counts (B,) from counts per row (B,) or per (row, KV head) (B, H_kv), averaged over heads."""
+    return counts if counts.ndim == 1 else torch.div(counts.sum(-1), counts.shape[-1], rounding_mode="floor")
+
+
 @dataclass
 class KVState:
     """A KV cache with per-layer validity masks.
 
-    ``valid[l]`` is a (B, T_l) bool tensor (True = attendable) or ``None`` when every entry is valid.
+    ``valid[l]`` is a (B, T_l) bool tensor (True = attendable) or ``None`` when every entry is valid; where
+    the KV heads of a row keep different entries (head-wise budgets) it is (B, H_kv, T_l), and entries
+    appended later are valid in every head.
     ``windows[l]`` is layer l's sliding window (``None``: full attention); a sliding layer holds every token
     fed, so the valid entries before a query are its predecessors in order (:func:`attention_windows`).
     With ``shared``, each row also attends its kept entries of a prompt cache shared by every row
@@ -265,7 +273,10 @@ class KVState:
                 current = torch.ones(batch, past, dtype=torch.bool, device=device)
             if new_valid is None:
                 new_valid = torch.ones(batch, new_tokens, dtype=torch.bool, device=device)
-            self.valid[index] = torch.cat([current, new_valid.to(device)], dim=-1)
+            appended = new_valid.to(device)
+            if current.ndim == 3:
+                appended = appended[:, None, :].expand(-1, current.shape[1], -1)
+            self.valid[index] = torch.cat([current, appended], dim=-1)
 
     def gather(
         self,
@@ -276,7 +287,8 @@ class KVState:
     ) -> KVState:
         """A new state: row r holds, per layer and KV head, the entries ``keep[l][r, h]`` of row ``rows[r]``.
 
-        ``keep[l]`` is (R, H_kv, K_l) with indices into this state's layer l; ``valid[l]`` is (R, K_l).
+        ``keep[l]`` is (R, H_kv, K_l) with indices into this state's layer l; ``valid[l]`` is (R, K_l), or
+        (R, H_kv, K_l) where the heads of a row keep different numbers of entries.
         ``dense[l]`` says whether ``valid[l]`` is all True, when the caller knows it on the host (else it is
         read from the device). This state is left unchanged, so one full cache can be compressed many ways.
         """
@@ -346,9 +358,11 @@ class KVState:
             # Unwritten slots are attended under a False mask: zero them, as 0 · NaN would still be NaN.
             layer._key_buffer[:, :, length:width].zero_()
             layer._value_buffer[:, :, length:width].zero_()
-            valid = torch.zeros(batch, width, dtype=torch.bool, device=keys.device)
-            valid[:, :length] = self.valid_mask(index)
-            prefix = valid_prefix(self.valid[index], batch, length)
+            current = self.valid_mask(index)
+            valid = torch.zeros(*current.shape[:-1], width, dtype=torch.bool, device=keys.device)
+            valid[..., :length] = current
+            # Per-head masks are attended under the mask, never as one valid run per row.
+            prefix = None if current.ndim == 3 else valid_prefix(self.valid[index], batch, length)
             layer._fixed = FixedWrite(length, step, valid, prefix)
             self.valid[index] = valid
 
@@ -360,7 +374,7 @@ class KVState:
         """Forget the fixed-shape steps written so far: their slots are no longer attended."""
         for index in range(self.num_layers):
             fixed = self._fixed_write(index)
-            fixed.valid[:, fixed.length :] = False
+            fixed.valid[..., fixed.length :] = False
 
     def valid_prefix(self, index: int) -> ValidPrefix | None:
         """In fixed-shape mode, how layer ``index``'s entries before the steps' slots can be attended
@@ -375,11 +389,12 @@ class KVState:
             fixed, layer._fixed = layer._fixed, None
             length = fixed.length + steps
             layer.adopt(layer._key_buffer, layer._value_buffer, length)
-            valid = fixed.valid[:, :length]
+            valid = fixed.valid[..., :length]
             self.valid[index] = None if bool(valid.all()) else valid
 
     def valid_mask(self, index: int) -> torch.Tensor:
-        """(B, T_l) validity of layer ``index``, all True when nothing is masked."""
+        """(B, T_l) (or per head (B, H_kv, T_l)) validity of layer ``index``, all True where nothing is
+        masked."""
         valid = self.valid[index]
         if valid is not None:
             return valid
@@ -387,8 +402,9 @@ class KVState:
         return torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
 
     def valid_counts(self) -> torch.Tensor:
-        """(L, B) attendable entries per layer and row."""
-        counts = torch.stack([self.valid_mask(index).sum(-1) for index in range(self.num_layers)])
+        """(L, B) attendable entries per layer and row (per KV head, averaged over heads and rounded down
+        where the heads keep different numbers)."""
+        counts = torch.stack([_per_row(self.valid_mask(index).sum(-1)) for index in range(self.num_layers)])
         return counts if self.shared is None else counts + self.shared.counts().to(counts.device)
 
     def nbytes(self) -> int:

@@ -101,7 +101,8 @@ def check_attention_layers(model: PreTrainedModel) -> None:
 def attention_mask_for(
     valid: torch.Tensor | None, queries: int, keys: int, device: torch.device
 ) -> torch.Tensor:
-    """Boolean (B or 1, 1, q, k) mask: query j sits at key index k - q + j and sees valid keys up to itself.
+    """Boolean (B or 1, 1, q, k) mask, or (B, H_kv, q, k) for a per-head ``valid`` (B, H_kv, k): query j sits
+    at key index k - q + j and sees valid keys up to itself.
 
     A query always sees itself, so padding queries never produce an all-masked row (NaN).
     """
@@ -110,7 +111,8 @@ def attention_mask_for(
     causal = key_index <= query_index
     if valid is None:
         return causal[None, None]
-    return ((causal[None] & valid[:, None, :]) | (key_index == query_index)[None])[:, None]
+    per_head = valid if valid.ndim == 3 else valid[:, None, :]
+    return (causal & per_head[:, :, None, :]) | (key_index == query_index)
 
 
 def window_mask_for(
@@ -146,7 +148,7 @@ def _single_query_attention(
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    mask = None if valid is None else valid[:, None, None, :]
+    mask = None if valid is None else (valid if valid.ndim == 3 else valid[:, None, :])[:, :, None, :]
     output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
     return output.reshape(batch, query_heads, 1, dim)
 
@@ -281,8 +283,10 @@ def _chunk_attention_cpu(
 def _masked_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scaling: Scaling
 ) -> torch.Tensor:
-    """Attention under a boolean (B or 1, 1, q, k) ``mask``."""
+    """Attention under a boolean (B or 1, 1 or H_kv, q, k) ``mask`` (per KV head: repeated per query head)."""
     repeats = query.shape[1] // key.shape[1]
+    if mask.shape[1] > 1:  # per KV head: one mask per query head of its group
+        mask = _repeat_heads(mask, repeats)
     return F.scaled_dot_product_attention(
         query, _repeat_heads(key, repeats), _repeat_heads(value, repeats), attn_mask=mask, scale=scaling
     )

@@ -50,8 +50,10 @@ class SharedPrefix:
         self.members = [(row, (self.prompt_rows == row).nonzero()[:, 0].to(device)) for row in rows]
 
     def counts(self) -> torch.Tensor:
-        """(L, R) kept prompt entries per layer and row (every KV head keeps as many)."""
-        return torch.stack([keep[:, 0].sum(dim=-1) for keep in self.keep])
+        """(L, R) kept prompt entries per layer and row, per KV head (averaged over heads, rounded down)."""
+        return torch.stack(
+            [torch.div(keep.sum(dim=(1, 2)), keep.shape[1], rounding_mode="floor") for keep in self.keep]
+        )
 
     def select_rows(self, rows: torch.Tensor) -> SharedPrefix:
         """The same prompt cache for decoding rows ``rows`` only."""

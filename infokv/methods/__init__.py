@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from infokv.methods.adakv import AdaKV
 from infokv.methods.base import Method
-from infokv.methods.expected_attention import ExpectedAttention
 from infokv.methods.full import Full
-from infokv.methods.h2o import H2O
-from infokv.methods.infokv import InfoKV
-from infokv.methods.knorm import KNorm
-from infokv.methods.pyramidkv import PyramidKV
 from infokv.methods.rkv import RKV
 from infokv.methods.rpc import RPC
-from infokv.methods.snapkv import SnapKV
-from infokv.methods.streamingllm import StreamingLLM
-from infokv.methods.tova import TOVA
+from infokv.methods.scorers import SCORERS
 
-_METHODS = (Full, StreamingLLM, H2O, SnapKV, PyramidKV, ExpectedAttention, InfoKV, RPC, RKV, KNorm, TOVA)
+_METHODS = (Full, *SCORERS.values(), RPC, RKV, AdaKV)
 _REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _METHODS}
 
 

@@ -23,6 +23,8 @@ class Method:
 
     name: ClassVar[str] = ""
     phases: ClassVar[tuple[str, ...]] = ("prefill", "decode")
+    head_wise: ClassVar[bool] = False
+    """Whether the KV heads of a layer keep different numbers of entries (:meth:`head_keeps`)."""
     sink: int = 4
     window: int = 32
     layer_budget: str = "uniform"
@@ -69,6 +71,16 @@ class Method:
     def score(self, view: LayerView) -> torch.Tensor:
         """Scores (B, H_kv, T) for one layer; higher is kept first."""
         raise NotImplementedError
+
+    def head_scores(self, view: LayerView) -> torch.Tensor:
+        """Scores (B, H_kv, T) that can be compared between the KV heads of a layer (head-wise budgets,
+        :mod:`infokv.methods.adakv`); the scores themselves unless a method rescales each head."""
+        return self.score(view)
+
+    def head_keeps(self, view: LayerView, keep: torch.Tensor) -> torch.Tensor:
+        """Entries kept per (row, KV head) (B, H_kv) of a layer whose rows keep ``keep`` (B,) per head on
+        average: ``keep`` in every head, unless the method distributes a layer's budget over its heads."""
+        return keep[:, None].expand(-1, view.keys.shape[1])
 
     def params(self) -> dict[str, object]:
         return dataclasses.asdict(self)

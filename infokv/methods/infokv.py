@@ -72,3 +72,7 @@ class InfoKV(SnapKV):
     def score(self, view) -> torch.Tensor:
         entropy = view.entropy(self.entropy_topk, self.entropy_position)
         return combine(self.attention(view), entropy, view.evolution(), self.alpha, self.tau, view.valid)
+
+    def head_scores(self, view) -> torch.Tensor:
+        """S itself: both of its terms sum to 1 over the tokens in every head."""
+        return self.score(view)

@@ -48,9 +48,16 @@ class SnapKV(Method):
     def requirements(self) -> set[Requirement]:
         return {(signals.WINDOW_QUERIES, self.window)}
 
-    def attention(self, view) -> torch.Tensor:
-        """The window attention A (B, H_kv, T), normalised to sum to 1 over the tokens before the window."""
-        return view.window_attention(self.window, self.pooling, self.kernel, self.reduction)
+    def attention(self, view, normalised: bool = True) -> torch.Tensor:
+        """The window attention A (B, H_kv, T), normalised to sum to 1 over the tokens before the window
+        (or, without ``normalised``, the window's summed attention to them)."""
+        return view.window_attention(self.window, self.pooling, self.kernel, self.reduction, normalised)
 
     def score(self, view) -> torch.Tensor:
         return self.attention(view)
+
+    def head_scores(self, view) -> torch.Tensor:
+        """The window's summed attention without the per-head normalisation, so a head that gives the
+        tokens before the window more attention ranks them higher against other heads (kvpress's
+        ``SnapKVPress`` scores, the mean over the window, are these divided by the window)."""
+        return self.attention(view, normalised=False)

@@ -46,3 +46,8 @@ class TOVA(Method):
 
     def score(self, view) -> torch.Tensor:
         return view.window_attention(1, "none", 1, self.reduction)
+
+    def head_scores(self, view) -> torch.Tensor:
+        """The last query's attention weights as the softmax gives them, without the normalisation over
+        i < T − 1 that differs between heads under ``reduction=mean``."""
+        return view.window_attention(1, "none", 1, self.reduction, normalised=False)

@@ -28,8 +28,11 @@ class LayerView(Protocol):
         """Scores that rank recent tokens first: the token position, per head."""
         ...
 
-    def window_attention(self, window: int, pooling: str, kernel: int, reduction: str) -> torch.Tensor:
-        """Attention of the last ``window`` queries to every token, pooled and reduced to KV heads."""
+    def window_attention(
+        self, window: int, pooling: str, kernel: int, reduction: str, normalised: bool = True
+    ) -> torch.Tensor:
+        """Attention of the last ``window`` queries to every token, pooled and reduced to KV heads, summing
+        to 1 per head when ``normalised``."""
         ...
 
     def window_queries(self, window: int) -> torch.Tensor:

@@ -186,11 +186,14 @@ def window_attention(
     pooling: str,
     kernel: int,
     reduction: str,
+    normalised: bool = True,
 ) -> torch.Tensor:
     """SnapKV attention (B, H_kv, T) of the last ``window`` queries over the keys before them, pooled,
-    GQA-reduced and normalised (module docstring); 0 at the window's keys and at padding."""
+    GQA-reduced and, with ``normalised``, normalised (module docstring); 0 at the window's keys and at
+    padding. Without ``normalised`` it is the window's summed attention, whose total differs between heads."""
     queries = window_queries[:, :, -window:]
     summed = attention_column_sums(queries, key, valid, scaling)
     context = before_window(valid, key.shape[2], window, key.device)[:, None, :]
     pooled = pool_positions(summed * context, pooling, kernel) * context
-    return normalise(reduce_heads(pooled, key.shape[1], reduction), None)
+    reduced = reduce_heads(pooled, key.shape[1], reduction)
+    return normalise(reduced, None) if normalised else reduced

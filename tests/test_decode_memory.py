@@ -8,6 +8,7 @@ import weakref
 import pytest
 
 from infokv import generate
+from infokv.engine import decoding
 from infokv.hf import cache
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog. ", "Pack my box with five dozen liquor jugs."]
@@ -51,6 +52,7 @@ def test_compaction_holds_the_old_cache_plus_one_layer_at_most(llama, tokenizer,
         compress_every=EVERY,
         max_new_tokens=5 * EVERY,
         stop_at_eos=False,
+        fidelity=False,
     )
     assert all(completion.stats["compression_events"] == 4 for completion in completions)
     # Calls come in (keys, values) pairs per layer; each compression rebuilds every layer.
@@ -91,6 +93,7 @@ def test_compacted_buffers_fill_up_exactly_by_the_next_compression(llama, tokeni
         compress_every=EVERY,
         max_new_tokens=3 * EVERY + 5,
         stop_at_eos=False,
+        fidelity=False,
     )
     assert len(seen) == 3
     for earlier, later in zip(seen, seen[1:], strict=False):
@@ -109,3 +112,20 @@ def test_room_is_the_steps_to_the_next_compression_or_the_end():
     assert _room([every16, every24, None], 16, 1000) == 8  # the 24-group compresses at 24
     assert _room([every16, every24], 48, 1000) == 16
     assert _room([None], 5, 100) == 94
+
+
+@pytest.mark.parametrize("name", ["infokv", "rpc"])
+def test_scoring_a_row_at_a_time_keeps_the_same_entries(llama, tokenizer, monkeypatch, name):
+    options = dict(
+        decode_method=name, decode_ratio=0.25, compress_every=EVERY, max_new_tokens=4 * EVERY, fidelity=False
+    )
+    whole = generate(llama, tokenizer, PROMPTS, "full", 1.0, stop_at_eos=False, **options)
+    monkeypatch.setattr(decoding, "SCORING_BYTES", 1)  # one row per scoring pass
+    calls = []
+    original = decoding._compress_rows
+    monkeypatch.setattr(decoding, "_compress_rows", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+    parts = generate(llama, tokenizer, PROMPTS, "full", 1.0, stop_at_eos=False, **options)
+    assert calls and all(rows.stop - rows.start == 1 for rows in calls)
+    for one, other in zip(whole, parts, strict=True):
+        assert one.token_ids == other.token_ids
+        assert one.stats["compressions"] == other.stats["compressions"]

@@ -319,9 +319,10 @@ def _graphed_loop(run: DecodeRun, logits: torch.Tensor, sampler: Sampler) -> Non
         batch.state = graphed.release()
 
 
-GRAPH_STEPS = 256
-"""Steps per captured decoding graph: attention reads length + GRAPH_STEPS slots from the first of them,
-and a new capture (about two steps' host time) follows every GRAPH_STEPS steps."""
+GRAPH_STEPS = 64
+"""Steps per captured decoding graph: every step attends all GRAPH_STEPS recent slots under a mask (with
+a kernel that reads them in full), and a new capture (about two steps' host time) follows every
+GRAPH_STEPS steps; 64 keeps both costs to a few percent of a step."""
 
 
 def tracking(tracker: DecodeTracker, compressions: Sequence) -> bool:
@@ -391,6 +392,18 @@ def _due(
     ]
 
 
+SCORING_BYTES = 1 << 29
+"""Bound on the fp32 window-attention logits of the rows one compression scores at a time."""
+
+
+def _rows_per_scoring(state: KVState, window: int) -> int:
+    """Rows whose window-attention logits over the longest layer, (rows, H_kv, window, entries) per query head
+    group in fp32, stay within :data:`SCORING_BYTES` (one row at least)."""
+    keys = state.layer(max(range(state.num_layers), key=lambda layer: state.layer(layer)[0].shape[2]))[0]
+    per_row = 4 * keys.shape[1] * max(window, 1) * keys.shape[2]
+    return max(1, SCORING_BYTES // per_row)
+
+
 def _maybe_compress(run: DecodeRun, generated: int, rotary) -> None:
     """Compress the groups due after step ``generated``, and record each compressed row's event."""
     batch, tracker, compressions = run.batch, run.tracker, run.compressions
@@ -401,21 +414,26 @@ def _maybe_compress(run: DecodeRun, generated: int, rotary) -> None:
     before = batch.state.valid_counts().amax(dim=0).tolist()
     due_groups = dict(due)
     per_group = []
+    chunk = _rows_per_scoring(batch.state, tracker.window)
     for group, rows in batch.group_slices():
         if group in due_groups:
-            per_group.append(
-                _compress_rows(
-                    batch.state,
-                    batch.layers,
-                    rows,
-                    compressions[group],
-                    generated,
-                    batch.prompt_lengths,
-                    batch.positions,
-                    tracker.scaling,
-                    rotary,
+            # Scored a few rows at a time: a layer's window attention over every row would take a sizeable
+            # share of the cache's memory just when the cache is at its largest.
+            for start in range(rows.start, rows.stop, chunk):
+                part = slice(start, min(start + chunk, rows.stop))
+                per_group.append(
+                    _compress_rows(
+                        batch.state,
+                        batch.layers,
+                        part,
+                        compressions[group],
+                        generated,
+                        batch.prompt_lengths,
+                        batch.positions,
+                        tracker.scaling,
+                        rotary,
+                    )
                 )
-            )
         else:
             per_group.append(
                 [_everything(batch.state, layer, rows) for layer in range(batch.state.num_layers)]

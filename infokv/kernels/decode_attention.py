@@ -24,11 +24,15 @@ from infokv.kernels.prefix import ValidPrefix
 def _masked_part(
     grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output (B, H_kv, g, d) and fp32 log-normaliser (B, H_kv, g) of grouped queries over masked keys."""
+    """Output (B, H_kv, g, d) and fp32 log-normaliser (B, H_kv, g) of grouped queries over masked keys.
+
+    Logits and weights are fp32; the weights meet the values in the values' dtype (fp32 accumulation), as
+    in flash attention, so a half-precision cache is not copied to fp32 at every step."""
     logits = torch.matmul(grouped.float(), key.float().transpose(-1, -2)) * scaling
     logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)
-    output = torch.matmul((logits - lse[..., None]).exp(), value.float())
+    weights = (logits - lse[..., None]).exp()
+    output = torch.matmul(weights.to(value.dtype), value).float()
     return output, lse
 
 

@@ -8,7 +8,7 @@ import torch
 from infokv import compress, generate, generate_sweep, methods
 from infokv.engine import decoding
 from infokv.engine.sweep import left_pad
-from infokv.hf.hooks import _masked_attention, _single_query_attention
+from infokv.hf.hooks import _masked_attention, _single_query_attention, attention_mask_for
 from infokv.methods.adakv import head_budgets
 
 INF = float("inf")
@@ -99,7 +99,7 @@ def test_attention_under_per_head_masks_equals_each_heads_own_softmax():
     key, value = torch.randn(2, 2, 10, 8, generator=generator), torch.randn(2, 2, 10, 8, generator=generator)
     valid = torch.rand(2, 2, 10, generator=generator) > 0.4
     valid[..., -3:] = True  # the queries' own entries
-    output = _masked_attention(query, key, value, valid, 0.5)
+    output = _masked_attention(query, key, value, attention_mask_for(valid, 3, 10, valid.device), 0.5)
     single = _single_query_attention(query[:, :, -1:], key, value, valid, 0.5)
     for row in range(2):
         for head in range(4):

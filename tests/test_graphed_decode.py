@@ -139,3 +139,10 @@ def test_captured_tracked_steps_on_cuda_match_the_eager_loop(tokenizer, monkeypa
     assert [c.token_ids for c in replayed] == [c.token_ids for c in eager]
     for key in ("compressions", "peak_cache_entries", "final_cache_entries"):
         assert [c.stats[key] for c in replayed] == [c.stats[key] for c in eager], key
+
+
+def test_graphs_are_shorter_for_many_rows():
+    # Each step attends every recent slot of its graph under a mask: rows x steps is what it reads.
+    assert decoding.graph_steps(1) == decoding.graph_steps(16) == decoding.GRAPH_STEPS
+    assert decoding.graph_steps(32) == 128
+    assert decoding.graph_steps(64) == decoding.graph_steps(512) == decoding.MIN_GRAPH_STEPS

@@ -291,7 +291,7 @@ def _eager_loop(run: DecodeRun, logits: torch.Tensor, sampler: Sampler) -> None:
 
 def _graphed_loop(run: DecodeRun, logits: torch.Tensor, sampler: Sampler) -> None:
     """Steps replayed from a captured CUDA graph over a fixed-shape cache, recaptured after each
-    compression or every :data:`GRAPH_STEPS` steps. Rows never leave the batch: a finished row idles until
+    compression or every :func:`graph_steps` steps. Rows never leave the batch: a finished row idles until
     every row is done."""
     model, batch, tracker, progress = run.model, run.batch, run.tracker, run.progress
     rotary = rotary_function(model)
@@ -319,10 +319,20 @@ def _graphed_loop(run: DecodeRun, logits: torch.Tensor, sampler: Sampler) -> Non
         batch.state = graphed.release()
 
 
-GRAPH_STEPS = 64
-"""Steps per captured decoding graph: every step attends all GRAPH_STEPS recent slots under a mask (with
-a kernel that reads them in full), and a new capture (about two steps' host time) follows every
-GRAPH_STEPS steps; 64 keeps both costs to a few percent of a step."""
+GRAPH_STEPS = 256
+"""Most steps per captured decoding graph. Every step attends all the graph's recent slots under a mask
+(with a kernel that reads them in full), which costs in proportion to rows × steps, and a new capture
+costs host time (about two steps' worth) every that many steps: few rows take GRAPH_STEPS, many rows
+fewer (:func:`graph_steps`)."""
+GRAPH_SLOTS = 4096
+"""Recent slots (rows × steps) a graph's steps attend before :func:`graph_steps` shortens the graph."""
+MIN_GRAPH_STEPS = 64
+
+
+def graph_steps(rows: int) -> int:
+    """Steps per captured graph for ``rows`` rows: GRAPH_STEPS up to GRAPH_SLOTS recent slots, then fewer,
+    down to MIN_GRAPH_STEPS (256 for up to 16 rows, 64 from 64 rows on)."""
+    return min(GRAPH_STEPS, max(MIN_GRAPH_STEPS, GRAPH_SLOTS // max(rows, 1)))
 
 
 def tracking(tracker: DecodeTracker, compressions: Sequence) -> bool:
@@ -342,10 +352,10 @@ def _fixed_shape_decoder(
     steps: int,
     logits: torch.Tensor,
 ) -> tuple[GraphedDecoder, list[int]]:
-    """A decoder for the next ``steps`` steps (at most :data:`GRAPH_STEPS`) of ``batch``, recording signals in
+    """A decoder for the next ``steps`` steps (at most :func:`graph_steps`) of ``batch``, recording signals in
     ``tracker`` if given, and each row's cache entries before them (every step adds one per layer and row)."""
     held = batch.state.valid_counts().amax(dim=0).tolist() if tracker is not None else []
-    steps = min(GRAPH_STEPS, steps)
+    steps = min(graph_steps(len(batch.active)), steps)
     decoder = GraphedDecoder(model, batch.state, batch.positions, steps, tracker=tracker, logits=logits)
     return decoder, held
 

@@ -133,7 +133,8 @@ token ids, one per length. Each row names the call that measured it; one session
 not fit every part, so the CSV joins calls, each merged with `--merge` (a call's rows replace the rows
 that measure the same thing). Ratios are taken within one call, floors from the ceilings that call
 measured. Figure: `results/figures/bench_gpu.png` (`python scripts/bench.py --plot-only
-results/bench/gpu.csv`)."""
+results/bench/gpu.csv`). Decoding at scale (memory against the compressed cache, the largest batch
+that fits, throughput at equal memory) is in `scale.md` (`scripts/bench_scale.py`)."""
 
 PARTS = {
     "Calls": "The calls whose rows the CSV holds (`calls.csv`): the code's commit (`+`: the working tree "

@@ -25,16 +25,17 @@ same call):
   tokens at those batches would take several minutes of device time per setting; ``--check`` measures one
   (setting, tokens) end to end and reports it beside its estimate.
 
-Writes ``--csv`` (long form, as ``results/bench/gpu.csv``), ``--calls`` and ``--readme``.
+Writes ``--csv`` (long form, as ``results/bench/gpu.csv``), ``--calls`` and ``--readme`` (the tables
+below, from the two CSVs alone; ``--readme-only`` rewrites it from the committed ones, no GPU needed).
 
-    python scripts/bench_scale.py                          # about 8 min on an H200
+    python scripts/bench_scale.py                          # about 6 min on an H200
     python scripts/bench_scale.py --quick                  # every path at small sizes
+    python scripts/bench_scale.py --readme-only            # results/bench/scale.md from the CSVs
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -46,7 +47,8 @@ import bench_calls
 import bench_common
 import torch
 import transformers
-from bench_common import Row
+from bench_calls import read_calls
+from bench_common import Row, read_rows
 
 from infokv import generate
 from infokv.engine.decoding import DecodeCompression, decode_target
@@ -358,6 +360,111 @@ class Scale:
         print(f"check {text} {new}: {measured:.0f} tokens/s measured, {estimate:.0f} estimated", flush=True)
 
 
+def _pick(rows: Sequence[Row], metric: str, **match) -> list[Row]:
+    return [r for r in rows if r.metric == metric and all(getattr(r, k) == v for k, v in match.items())]
+
+
+def _value(rows: Sequence[Row], metric: str, **match) -> float | None:
+    found = _pick(rows, metric, **match)
+    return found[0].value if found else None
+
+
+def _fmt(number: float | None, pattern: str) -> str:
+    return "–" if number is None else format(number, pattern)
+
+
+def render(rows: Sequence[Row], calls: Sequence[bench_calls.Call]) -> str:
+    """The README of ``scale.csv``: the calls, then memory, engine time against its floor, and the scale
+    estimates, every figure read from ``rows``."""
+    lines = [
+        "# Decoding at scale (`scripts/bench_scale.py`)",
+        "",
+        "Written by `python scripts/bench_scale.py --readme-only` from `scale.csv` and `scale_calls.csv`;",
+        "the script's docstring says how each figure is measured or estimated.",
+        "",
+        "| call | commit | command | device | software |",
+        "|---|---|---|---|---|",
+        *[f"| {c.call} | {c.commit} | `{c.command}` | {c.device} | {c.software} |" for c in calls],
+        "",
+        "## Memory: peak above the weights against the largest cache the run holds",
+        "",
+        "| method | ratio | rows | new tokens | largest cache (GiB) | peak above weights (GiB) "
+        "| peak / cache | tokens/s | floor tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in _pick(rows, "memory_ratio_to_largest_cache"):
+        match = {"method": row.method, "budget": row.budget, "batch": row.batch}
+        rate = _pick(rows, "memory_run_tokens_per_second", **match)
+        lines.append(
+            f"| {row.method} | {row.budget} | {row.batch} | "
+            f"{_fmt(_value(rows, 'memory_run_new_tokens', **match), '.0f')} | "
+            f"{_fmt(_value(rows, 'memory_largest_cache', **match) / GIB, '.1f')} | "
+            f"{_fmt(_value(rows, 'memory_peak_above_weights', **match) / GIB, '.1f')} | {row.value:.3f} | "
+            f"{_fmt(rate[0].value if rate else None, '.0f')} | "
+            f"{_fmt(float(rate[0].floor) if rate and rate[0].floor != '' else None, '.0f')} |"
+        )
+    lines += [
+        "",
+        "## Engine time against its bandwidth floor (c), at the rows that fill the GPU for 16K new tokens",
+        "",
+        "| method | ratio | rows | new tokens | seconds | floor seconds | c |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in _pick(rows, "steps_ratio_to_floor"):
+        match = {"method": row.method, "budget": row.budget, "batch": row.batch}
+        seconds = _pick(rows, "steps_seconds", **match)[0]
+        lines.append(
+            f"| {row.method} | {row.budget} | {row.batch} | "
+            f"{_fmt(_value(rows, 'steps_prefix_tokens', **match), '.0f')} | {seconds.value:.1f} | "
+            f"{float(seconds.floor):.1f} | {row.value:.2f} |"
+        )
+    lines += [
+        "",
+        "## Throughput at equal memory and at equal batch (estimates: c × Σ step floors)",
+        "",
+        "Rows that fit take m (peak / cache) from the memory table for the method, else `--memory-ratio`"
+        " (1.25 by default); the full cache's take m = 1. Tokens/s at 64 rows are estimated whether or not"
+        " 64 rows fit.",
+        "",
+        "| new tokens | method | ratio | rows that fit | peak entries per row | tokens/s "
+        "| × full (equal memory) | tokens/s at 64 rows | × full (64 rows) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in _pick(rows, "scale_batch_that_fits"):
+        match = {"method": row.method, "budget": row.budget, "prompt_tokens": row.prompt_tokens}
+        lines.append(
+            f"| {row.prompt_tokens} | {row.method} | {row.budget} | {row.value:.0f} | "
+            f"{_fmt(_value(rows, 'scale_peak_entries_per_row', batch=row.batch, **match), '.0f')} | "
+            f"{_fmt(_value(rows, 'scale_tokens_per_second_estimate', batch=row.batch, **match), '.0f')} | "
+            f"{_fmt(_value(rows, 'scale_speedup_equal_memory_estimate', **match), '.2f')} | "
+            f"{_fmt(_value(rows, 'scale_tokens_per_second_estimate', batch=64, **match), '.0f')} | "
+            f"{_fmt(_value(rows, 'scale_speedup_equal_batch_estimate', batch=64, **match), '.2f')} |"
+        )
+    checks = _pick(rows, "check_tokens_per_second")
+    if checks:
+        lines += [
+            "",
+            "## Estimates checked end to end",
+            "",
+            "| method | ratio | new tokens | rows | measured tokens/s | estimate / measured − 1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in checks:
+            error = _value(
+                rows, "check_estimate_error", method=row.method, budget=row.budget, batch=row.batch
+            )
+            lines.append(
+                f"| {row.method} | {row.budget} | {row.prompt_tokens} | {row.batch} | {row.value:.0f} | "
+                f"{_fmt(error, '+.1%')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(csv: Path, calls: Path, out: Path) -> None:
+    out.write_text(render(read_rows([csv]), read_calls(calls)))
+    print(f"wrote {out}", flush=True)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
@@ -379,6 +486,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--csv", type=Path, default=ROOT / "results/bench/scale.csv")
     parser.add_argument("--calls", type=Path, default=ROOT / "results/bench/scale_calls.csv")
+    parser.add_argument("--readme", type=Path, default=ROOT / "results/bench/scale.md")
+    parser.add_argument("--readme-only", action="store_true", help="rewrite --readme from --csv and --calls")
     parser.add_argument("--merge", action="store_true")
     parser.add_argument("--call")
     parser.add_argument("--commit")
@@ -396,6 +505,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.readme_only:
+        write_readme(args.csv, args.calls, args.readme)
+        return
     if not torch.cuda.is_available():
         raise SystemExit("scripts/bench_scale.py needs a CUDA GPU")
     call = bench_calls.Call(
@@ -416,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         scale.scale()
     if args.check:
         scale.check()
-    print(f"wrote {args.csv}: {math.floor(len(scale.rows))} rows", flush=True)
+    print(f"wrote {args.csv}: {len(scale.rows)} rows", flush=True)
+    write_readme(args.csv, args.calls, args.readme)
 
 
 if __name__ == "__main__":

@@ -229,3 +229,30 @@ def test_a_continuous_measure_of_all_zeros_is_not_read_as_a_proportion():
     continuous = describe(frame, ["method"], ["kl"], proportions=()).iloc[0]
     assert as_proportion["kl_high"] > 0.4  # Wilson's upper bound for 0 of 5
     assert (continuous["kl_low"], continuous["kl_high"]) == (0.0, 0.0)
+
+
+def test_comparisons_with_snapkv_are_also_pooled_over_benchmarks(tmp_path):
+    scores = {("full", "1"): [1.0] * 8, ("snapkv", "0.2"): [1.0] * 8, ("infokv", "0.2"): [1.0] * 8}
+    parts = []
+    for benchmark, gap in (("b1", 0.05), ("b2", 0.15)):  # the same sample ids in both benchmarks
+        frame = records_frame_of(scores).assign(benchmark=benchmark)
+        noise = [0.1 * ((index * 7) % 5 - 2) for index in range(len(frame))]
+        base = {"full": 0.0, "snapkv": 1.0, "infokv": 1.0 + gap}
+        frame["fidelity.kl_mean"] = [base[m] + e for m, e in zip(frame["method"], noise, strict=True)]
+        parts.append(frame)
+    frame = pd.concat(parts, ignore_index=True)
+    table = accuracy(frame)
+    together = table[(table["benchmark"] == "all") & (table["method"] == "infokv")].iloc[0]
+    infokv = frame[frame["method"] == "infokv"].reset_index(drop=True)
+    snapkv = frame[frame["method"] == "snapkv"].reset_index(drop=True)
+    expected = (infokv["fidelity.kl_mean"] - snapkv["fidelity.kl_mean"]).mean()  # all 16 pairs
+    assert together["kl_vs_snapkv"] == pytest.approx(expected)
+    assert together["vs_snapkv"] == 0.0 and pd.isna(together["accuracy"])
+    assert set(table[table["benchmark"] == "all"]["method"]) == {
+        "infokv"
+    }  # against the full cache: per benchmark
+    write_tables(table, tmp_path, "small")
+    markdown = (tmp_path / "small_prefill.md").read_text()
+    assert "n (samples per cell): b1 8, b2 8\n" in markdown
+    kl_table = markdown[markdown.index("nats of KL") :]
+    assert kl_table.splitlines()[2].rstrip(" |").endswith("all 20%")  # the pooled column comes last

@@ -19,7 +19,10 @@
   SnapKV), the paired comparison on the samples both scored at the same benchmark, budget and style
   (the full cache at any budget): ``vs_<r>`` = 100 · mean(score − score_r), ``vs_<r>_low``/``_high`` its
   paired bootstrap interval, ``vs_<r>_resolved`` (the interval excludes 0) and ``vs_<r>_n_for_5pt``
-  (samples that a 5-point paired difference would need at the observed spread of the differences).
+  (samples that a 5-point paired difference would need at the observed spread of the differences),
+* for each reference other than the full cache, the same paired comparisons over every benchmark's
+  samples together, in rows whose ``benchmark`` is ``all`` (:data:`POOLED`): a method compared with another
+  at one budget on all the samples of a scenario, which is what a headline "A vs B at 20%" claims.
 
 :func:`paper_layout` pivots it to methods × (benchmark, budget) with "CoT / direct" cells, the layout of
 the paper's tables; :func:`write_tables` writes the long CSV and the wide Markdown and LaTeX tables.
@@ -39,6 +42,15 @@ DELTA = 0.05  # the "5 points" of n_for_5pt, on the 0-1 score scale
 KL = "fidelity.kl_mean"  # the per-sample teacher-forced KL(full ‖ compressed) of infokv.engine.fidelity
 # Paired comparisons: reference method -> the methods compared with it (None: every other method).
 REFERENCES: dict[str, tuple[str, ...] | None] = {FULL: None, "snapkv": ("infokv",)}
+POOLED = "all"
+"""The ``benchmark`` of the rows that pool every benchmark's samples in a paired comparison."""
+
+
+def pooled(samples: pd.DataFrame) -> pd.DataFrame:
+    """``samples`` as one benchmark, :data:`POOLED`, whose sample ids name their benchmark (so that ids of
+    different benchmarks stay apart when samples are paired)."""
+    ids = samples["benchmark"].astype(str) + ":" + samples["sample_id"].astype(str)
+    return samples.assign(benchmark=POOLED, sample_id=ids)
 
 
 def _with_agreement(frame: pd.DataFrame) -> pd.DataFrame:
@@ -102,13 +114,22 @@ def accuracy(frame: pd.DataFrame, references: dict[str, tuple[str, ...] | None] 
     needed = [samples_needed(sd, DELTA, paired=False) if pd.notna(sd) else float("nan") for sd in spread]
     needed = pd.Series(needed, index=spread.index, name="n_for_5pt").reset_index()
     table = table.merge(needed, on=GROUP)
+    pooled_rows = []
     for reference, methods in references.items():
         if (samples["method"] == reference).any():
             table = table.merge(paired(samples, "accuracy", reference, methods), on=GROUP, how="left")
             if "kl" in columns and reference != FULL:  # against the full cache, KL is the row's own mean
                 kl = paired(samples, "kl", reference, methods, scale=1.0, prefix="kl_")
                 table = table.merge(kl, on=GROUP, how="left")
-    whole = [column for column in table.columns if column.endswith("n_for_5pt")]
+            if reference != FULL and samples["benchmark"].nunique() > 1:
+                together = paired(pooled(samples), "accuracy", reference, methods)
+                if "kl" in columns:
+                    kl = paired(pooled(samples), "kl", reference, methods, scale=1.0, prefix="kl_")
+                    together = together.merge(kl, on=GROUP, how="outer")
+                pooled_rows.append(together)
+    if pooled_rows:
+        table = pd.concat([table, *pooled_rows], ignore_index=True)
+    whole = ["n"] + [column for column in table.columns if column.endswith("n_for_5pt")]
     flags = [column for column in table.columns if column.endswith("_resolved")]
     table = table.astype(dict.fromkeys(whole, "Int64") | dict.fromkeys(flags, "boolean"))
     return table.sort_values(GROUP, ignore_index=True)
@@ -152,7 +173,8 @@ def paper_layout(table: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
             rows.setdefault((model, method), {})[(benchmark, budget_name(shown))] = _cell(values, column)
     wide = pd.DataFrame.from_dict(rows, orient="index")
     by_budget = {budget_name(budget): rank for rank, budget in enumerate(budgets)}
-    wide = wide[sorted(wide.columns, key=lambda key: (key[0], by_budget.get(key[1], -1)))]
+    pooled_last = sorted(wide.columns, key=lambda key: (key[0] == POOLED, key[0], by_budget.get(key[1], -1)))
+    wide = wide[pooled_last]
     order = sorted(wide.index, key=lambda key: (key[0], key[1] != FULL, key[1]))
     wide = wide.loc[order]
     wide.index = pd.MultiIndex.from_tuples(wide.index, names=["model", "method"])
@@ -184,7 +206,7 @@ def titles(table: pd.DataFrame) -> dict[str, str]:
 
 def counts(table: pd.DataFrame) -> str:
     """One line: samples per cell, per benchmark ("passkey 12" or, where cells differ, "passkey 10–12")."""
-    spans = table.groupby("benchmark")["n"].agg(["min", "max"])
+    spans = table[table["benchmark"] != POOLED].groupby("benchmark")["n"].agg(["min", "max"])
     return "n (samples per cell): " + ", ".join(
         f"{benchmark} {low}" if low == high else f"{benchmark} {low}–{high}"
         for benchmark, (low, high) in spans.iterrows()

@@ -179,6 +179,9 @@ def test_compress_keeps_sliding_layers_whole_and_cuts_global_ones(tokenizer):
         for layer, window in enumerate(attention_windows(gemma)):
             if window is not None or name == "full":
                 assert kept[layer][0].tolist() == [list(range(length))] * 2, (name, layer)
+            elif method.head_wise:  # heads keep different counts; the layer keeps 40 per head in all
+                heads = kept[layer].shape[1]
+                assert int((kept[layer] >= 0).sum()) == 40 * heads, (name, layer)
             else:
                 assert kept[layer].shape[-1] == 40 and bool((kept[layer] >= 0).all()), (name, layer)
 

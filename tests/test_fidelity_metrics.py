@@ -207,8 +207,10 @@ def test_a_decode_compression_that_evicts_diverges_after_its_first_eviction(mode
         record = completion.fidelity
         evicted = [step for step, before, after in completion.stats["compressions"] if after < before]
         assert evicted and evicted[0] == 8
-        assert record["kl_per_position"][: evicted[0] + 1] == [0.0] * (evicted[0] + 1)  # caches still equal
-        assert record["kl_max"] == max(record["kl_per_position"]) > 0 and record["kl_mean"] > 0
+        # Caches still hold the same entries: equal up to the order of float sums (threads, buffer widths).
+        before = record["kl_per_position"][: evicted[0] + 1]
+        assert max(before) < 1e-5
+        assert record["kl_max"] == max(record["kl_per_position"]) > 1e-3 and record["kl_mean"] > 0
         assert 0.0 <= record["argmax_agreement"] <= 1.0 and math.isfinite(record["nll_sum"])
         assert record["reference_tokens"] == DECODE_TOKENS
 

@@ -76,6 +76,12 @@ class Config:
     def label(self) -> str:
         return "1" if self.method == "full" else f"{self.ratio:g}"
 
+    def row(
+        self, tokens: int, batch: int, metric: str, value: float, unit: str, floor: float | str = ""
+    ) -> Row:
+        """A row of this setting (``tokens``: the prompt's or the new tokens, as the metric says)."""
+        return Row(self.method, self.label, tokens, batch, metric, value, unit, floor)
+
     def options(self, every: int) -> dict[str, object]:
         if self.method == "full":
             return {}
@@ -159,43 +165,20 @@ class Scale:
             ratio = run["peak"] / largest
             self.memory_ratio[config.method] = max(ratio, self.memory_ratio.get(config.method, 0.0))
             floor = self.floor_seconds(batch, trajectory(config, args.prompt, new, args.every))
+            rate = batch * new / run["seconds"]
             self.add(
-                Row(
-                    config.method,
-                    config.label,
-                    args.prompt,
-                    batch,
-                    "memory_peak_above_weights",
-                    run["peak"],
-                    "B",
-                    float(largest),
-                ),
-                Row(config.method, config.label, args.prompt, batch, "memory_largest_cache", largest, "B"),
-                Row(
-                    config.method,
-                    config.label,
-                    args.prompt,
-                    batch,
-                    "memory_ratio_to_largest_cache",
-                    ratio,
-                    "x",
-                ),
-                Row(config.method, config.label, args.prompt, batch, "memory_run_new_tokens", new, "tokens"),
-                Row(
-                    config.method,
-                    config.label,
-                    args.prompt,
-                    batch,
-                    "memory_run_tokens_per_second",
-                    batch * new / run["seconds"],
-                    "tokens/s",
-                    batch * new / floor,
+                config.row(args.prompt, batch, "memory_peak_above_weights", run["peak"], "B", float(largest)),
+                config.row(args.prompt, batch, "memory_largest_cache", largest, "B"),
+                config.row(args.prompt, batch, "memory_ratio_to_largest_cache", ratio, "x"),
+                config.row(args.prompt, batch, "memory_run_new_tokens", new, "tokens"),
+                config.row(
+                    args.prompt, batch, "memory_run_tokens_per_second", rate, "tokens/s", batch * new / floor
                 ),
             )
             print(
                 f"memory {text}: batch {batch}, {new} new tokens: peak {run['peak'] / GIB:.1f} GiB above the "
                 f"weights for a largest cache of {largest / GIB:.1f} GiB ({ratio:.3f}x), "
-                f"{batch * new / run['seconds']:.0f} tokens/s",
+                f"{rate:.0f} tokens/s",
                 flush=True,
             )
 
@@ -218,34 +201,9 @@ class Scale:
             floor = self.floor_seconds(batch, trajectory(config, args.prompt, args.prefix, args.every))
             self.floor_ratio[config] = run["seconds"] / floor
             self.add(
-                Row(
-                    config.method,
-                    config.label,
-                    args.prompt,
-                    batch,
-                    "steps_prefix_tokens",
-                    args.prefix,
-                    "tokens",
-                ),
-                Row(
-                    config.method,
-                    config.label,
-                    args.prompt,
-                    batch,
-                    "steps_seconds",
-                    run["seconds"],
-                    "s",
-                    floor,
-                ),
-                Row(
-                    config.method,
-                    config.label,
-                    args.prompt,
-                    batch,
-                    "steps_ratio_to_floor",
-                    self.floor_ratio[config],
-                    "x",
-                ),
+                config.row(args.prompt, batch, "steps_prefix_tokens", args.prefix, "tokens"),
+                config.row(args.prompt, batch, "steps_seconds", run["seconds"], "s", floor),
+                config.row(args.prompt, batch, "steps_ratio_to_floor", self.floor_ratio[config], "x"),
             )
             print(
                 f"steps {text}: batch {batch}, {args.prefix} new tokens in {run['seconds']:.1f} s, "
@@ -260,74 +218,36 @@ class Scale:
 
     def scale(self) -> None:
         args = self.args
+        full = Config("full", 1.0)
         for new in args.tokens:
-            rates = {}
-            for text in args.configs:
-                config = Config.parse(text)
-                batch = self.fitting_batch(config, new)
-                rates[config] = self.estimate(config, new, batch)
+            configs = [Config.parse(text) for text in args.configs]
+            batches = {config: self.fitting_batch(config, new) for config in configs}
+            rates = {config: self.estimate(config, new, batches[config]) for config in configs}
+            at_64 = {config: self.estimate(config, new, 64) for config in configs}
+            for config in configs:
+                batch = batches[config]
                 entries = max(trajectory(config, args.prompt, new, args.every))
                 self.add(
-                    Row(config.method, config.label, new, batch, "scale_batch_that_fits", batch, "rows"),
-                    Row(
-                        config.method,
-                        config.label,
-                        new,
-                        batch,
-                        "scale_peak_entries_per_row",
-                        entries,
-                        "tokens",
-                    ),
-                    Row(
-                        config.method,
-                        config.label,
-                        new,
-                        batch,
-                        "scale_tokens_per_second_estimate",
-                        rates[config],
-                        "tokens/s",
-                    ),
+                    config.row(new, batch, "scale_batch_that_fits", batch, "rows"),
+                    config.row(new, batch, "scale_peak_entries_per_row", entries, "tokens"),
+                    config.row(new, batch, "scale_tokens_per_second_estimate", rates[config], "tokens/s"),
                 )
-            for config, rate in rates.items():
-                full = rates.get(Config("full", 1.0))
-                at_64 = self.estimate(config, new, 64)
-                self.add(
-                    Row(
-                        config.method,
-                        config.label,
-                        new,
-                        64,
-                        "scale_tokens_per_second_estimate",
-                        at_64,
-                        "tokens/s",
-                    )
-                )
-                if full and config.method != "full":
-                    full_64 = self.estimate(Config("full", 1.0), new, 64)
+            for config in configs:
+                self.add(config.row(new, 64, "scale_tokens_per_second_estimate", at_64[config], "tokens/s"))
+                compared = full in rates and config != full
+                if compared:
                     self.add(
-                        Row(
-                            config.method,
-                            config.label,
-                            new,
-                            0,
-                            "scale_speedup_equal_memory_estimate",
-                            rate / full,
-                            "x",
+                        config.row(
+                            new, 0, "scale_speedup_equal_memory_estimate", rates[config] / rates[full], "x"
                         ),
-                        Row(
-                            config.method,
-                            config.label,
-                            new,
-                            64,
-                            "scale_speedup_equal_batch_estimate",
-                            at_64 / full_64,
-                            "x",
+                        config.row(
+                            new, 64, "scale_speedup_equal_batch_estimate", at_64[config] / at_64[full], "x"
                         ),
                     )
                 print(
-                    f"scale {new} new tokens: {config.method}@{config.label}: {rate:.0f} tokens/s at "
-                    f"{self.fitting_batch(config, new)} rows"
-                    + (f" = {rate / full:.2f}x the full cache" if full and config.method != "full" else ""),
+                    f"scale {new} new tokens: {config.method}@{config.label}: {rates[config]:.0f} tokens/s "
+                    f"at {batches[config]} rows"
+                    + (f" = {rates[config] / rates[full]:.2f}x the full cache" if compared else ""),
                     flush=True,
                 )
 
@@ -352,10 +272,8 @@ class Scale:
         measured = batch * new / run["seconds"]
         estimate = self.estimate(config, new, batch)
         self.add(
-            Row(config.method, config.label, new, batch, "check_tokens_per_second", measured, "tokens/s"),
-            Row(
-                config.method, config.label, new, batch, "check_estimate_error", estimate / measured - 1, "x"
-            ),
+            config.row(new, batch, "check_tokens_per_second", measured, "tokens/s"),
+            config.row(new, batch, "check_estimate_error", estimate / measured - 1, "x"),
         )
         print(f"check {text} {new}: {measured:.0f} tokens/s measured, {estimate:.0f} estimated", flush=True)
 

@@ -14,19 +14,15 @@ from transformers import (
     Qwen3Config,
 )
 
+from infokv.hf import architectures
+
 VOCAB = 80
 SLIDING_WINDOW = 12
 """Window of the tiny sliding-window layers: shorter than the test prompts, so windows really slide."""
 
 ROPE = {"rope_type": "default", "rope_theta": 10000.0}
-LLAMA3_ROPE = {
-    "rope_type": "llama3",
-    "rope_theta": 500000.0,
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
+LLAMA3_ROPE = architectures.llama_3_1_8b().rope_parameters
+"""Llama-3.1's own RoPE scaling (factor 8), so the tiny Llama rotates as the real one does."""
 ARCHITECTURES = ("llama3", "qwen2", "mistral", "qwen3", "phi3", "gemma3", "olmo2")
 """The architecture matrix (``tests/test_architecture_matrix.py``): GQA (Llama-3 with its RoPE scaling,
 Qwen2, Qwen3 with q/k norms), Mistral with a sliding window in every layer, Phi-3's fused QKV projection,

@@ -409,8 +409,7 @@ SCORING_BYTES = 1 << 29
 def _rows_per_scoring(state: KVState, window: int) -> int:
     """Rows whose window-attention logits over the longest layer, (rows, H_kv, window, entries) per query head
     group in fp32, stay within :data:`SCORING_BYTES` (one row at least)."""
-    keys = state.layer(max(range(state.num_layers), key=lambda layer: state.layer(layer)[0].shape[2]))[0]
-    per_row = 4 * keys.shape[1] * max(window, 1) * keys.shape[2]
+    per_row = 4 * state.layer(0)[0].shape[1] * max(window, 1) * max(state.lengths())
     return max(1, SCORING_BYTES // per_row)
 
 

@@ -122,9 +122,10 @@ def accuracy(frame: pd.DataFrame, references: dict[str, tuple[str, ...] | None] 
                 kl = paired(samples, "kl", reference, methods, scale=1.0, prefix="kl_")
                 table = table.merge(kl, on=GROUP, how="left")
             if reference != FULL and samples["benchmark"].nunique() > 1:
-                together = paired(pooled(samples), "accuracy", reference, methods)
+                every = pooled(samples)
+                together = paired(every, "accuracy", reference, methods)
                 if "kl" in columns:
-                    kl = paired(pooled(samples), "kl", reference, methods, scale=1.0, prefix="kl_")
+                    kl = paired(every, "kl", reference, methods, scale=1.0, prefix="kl_")
                     together = together.merge(kl, on=GROUP, how="outer")
                 pooled_rows.append(together)
     if pooled_rows:

@@ -1,9 +1,11 @@
 """Decoding attention with the query heads grouped per KV head gives the masked per-head result."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from infokv.hf.hooks import _single_query_attention
+from infokv.kernels import decode_attention
 
 
 def front_filled(kept: list[int], keys: int) -> torch.Tensor:
@@ -30,3 +32,18 @@ def test_grouped_single_query_attention_equals_attention_per_query_head():
         scale=0.25,
     )
     torch.testing.assert_close(_single_query_attention(query, key, value, valid, 0.25), reference)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_masked_decode_attention_in_half_precision_matches_fp32_per_head_masks():
+    generator = torch.Generator().manual_seed(1)
+    rows, kv_heads, groups, keys, dim = 3, 2, 4, 300, 64
+    query = torch.randn(rows, kv_heads * groups, 1, dim, generator=generator)
+    key = torch.randn(rows, kv_heads, keys, dim, generator=generator)
+    value = torch.randn(rows, kv_heads, keys, dim, generator=generator)
+    valid = torch.rand(rows, kv_heads, keys, generator=generator) > 0.5
+    valid[..., -1] = True
+    half = [tensor.cuda().bfloat16() for tensor in (query, key, value)]
+    output = decode_attention.masked_attention(*half, valid.cuda(), 0.125)
+    reference = decode_attention.masked_attention(*(t.float() for t in half), valid.cuda(), 0.125)
+    torch.testing.assert_close(output.float(), reference, atol=2e-2, rtol=2e-2)

@@ -144,12 +144,15 @@ def _single_query_attention(
     scaling: float | None,
 ) -> torch.Tensor:
     """One decoding query per row: the query heads of a GQA group become that KV head's queries,
-    so keys and values are attended in place instead of being copied per query head."""
+    so keys and values are attended in place instead of being copied per query head; under a mask, by
+    :func:`infokv.kernels.decode_attention.masked_attention`."""
+    if valid is not None:
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        return decode_attention.masked_attention(query, key, value, valid, scale)
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    mask = None if valid is None else (valid if valid.ndim == 3 else valid[:, None, :])[:, :, None, :]
-    output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
+    output = F.scaled_dot_product_attention(grouped, key, value, scale=scaling)
     return output.reshape(batch, query_heads, 1, dim)
 
 

@@ -21,15 +21,31 @@ from infokv.kernels import causal_attention
 from infokv.kernels.prefix import ValidPrefix
 
 
+def _logits(grouped: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+    """fp32 logits (B, H_kv, g, T) = scaling · q kᵀ of grouped queries (B, H_kv, g, d), keys (B, H_kv, T, d).
+
+    On CUDA a half-precision product accumulates and is written in fp32 by one batched matrix product, so
+    the keys are read once in their own dtype instead of being copied to fp32 at every step."""
+    if grouped.is_cuda and key.dtype in causal_attention.HALF and grouped.dtype == key.dtype:
+        batch, kv_heads, groups, dim = grouped.shape
+        queries = grouped.reshape(batch * kv_heads, groups, dim)
+        keys = key.reshape(batch * kv_heads, key.shape[2], dim).transpose(1, 2)
+        logits = torch.bmm(queries, keys, out_dtype=torch.float32)
+        return logits.mul_(scaling).view(batch, kv_heads, groups, key.shape[2])
+    return torch.matmul(grouped.float(), key.float().transpose(-1, -2)) * scaling
+
+
 def _masked_part(
     grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output (B, H_kv, g, d) and fp32 log-normaliser (B, H_kv, g) of grouped queries over masked keys.
+    """Output (B, H_kv, g, d) and fp32 log-normaliser (B, H_kv, g) of grouped queries over the keys that
+    ``valid`` (B, T), or per KV head (B, H_kv, T), lets them see.
 
-    Logits and weights are fp32; the weights meet the values in the values' dtype (fp32 accumulation), as
-    in flash attention, so a half-precision cache is not copied to fp32 at every step."""
-    logits = torch.matmul(grouped.float(), key.float().transpose(-1, -2)) * scaling
-    logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+    Logits and weights are fp32 (:func:`_logits`); the weights meet the values in the values' dtype (fp32
+    accumulation), as in flash attention."""
+    logits = _logits(grouped, key, scaling)
+    per_head = valid[:, :, None, :] if valid.ndim == 3 else valid[:, None, None, :]
+    logits = logits.masked_fill(~per_head, float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)
     weights = (logits - lse[..., None]).exp()
     output = torch.matmul(weights.to(value.dtype), value).float()
@@ -71,6 +87,19 @@ def prefix_and_recent_attention(
     else:
         head = (torch.cat([output for output, _ in parts]), torch.cat([lse for _, lse in parts]))
     return _with_recent(query, head, key[:, :, length:], value[:, :, length:], valid[:, length:], scaling)
+
+
+def masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Attention (B, H_q, 1, d) of one query per row over the entries ``valid`` (B, T), or per KV head
+    (B, H_kv, T), lets it see: for masks that are not one valid run per row, such as head-wise budgets.
+    The logits come from one batched product over all rows and heads, so a single row still spreads over
+    the whole device, which a fused masked kernel with one block per head does not."""
+    batch, query_heads, _, dim = query.shape
+    grouped = query.reshape(batch, key.shape[1], query_heads // key.shape[1], dim)
+    output = _masked_part(grouped, key, value, valid, scaling)[0]
+    return output.to(query.dtype).reshape(batch, query_heads, 1, dim)
 
 
 def shared_and_recent_attention(

@@ -47,3 +47,15 @@ def test_masked_decode_attention_in_half_precision_matches_fp32_per_head_masks()
     output = decode_attention.masked_attention(*half, valid.cuda(), 0.125)
     reference = decode_attention.masked_attention(*(t.float() for t in half), valid.cuda(), 0.125)
     torch.testing.assert_close(output.float(), reference, atol=2e-2, rtol=2e-2)
+
+
+def test_masked_decode_attention_equals_the_fused_kernel_under_per_head_masks():
+    generator = torch.Generator().manual_seed(2)
+    rows, kv_heads, groups, keys, dim = 2, 3, 2, 120, 16
+    query = torch.randn(rows, kv_heads * groups, 1, dim, generator=generator)
+    key = torch.randn(rows, kv_heads, keys, dim, generator=generator)
+    value = torch.randn(rows, kv_heads, keys, dim, generator=generator)
+    valid = torch.rand(rows, kv_heads, keys, generator=generator) > 0.3
+    valid[..., -1] = True
+    fused = _single_query_attention(query, key, value, valid, 0.25)  # on CPU: sdpa under the mask
+    torch.testing.assert_close(decode_attention.masked_attention(query, key, value, valid, 0.25), fused)

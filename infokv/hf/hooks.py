@@ -136,6 +136,11 @@ def _repeat_heads(states: torch.Tensor, repeats: int) -> torch.Tensor:
     return states if repeats == 1 else states.repeat_interleave(repeats, dim=1)
 
 
+FUSED_MASKED_ROWS = 64
+"""(row, KV head) pairs from which a masked decoding step on CUDA takes sdpa's fused kernel
+(:func:`_single_query_attention`)."""
+
+
 def _single_query_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -144,15 +149,20 @@ def _single_query_attention(
     scaling: float | None,
 ) -> torch.Tensor:
     """One decoding query per row: the query heads of a GQA group become that KV head's queries,
-    so keys and values are attended in place instead of being copied per query head; under a mask, by
-    :func:`infokv.kernels.decode_attention.masked_attention`."""
-    if valid is not None:
-        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        return decode_attention.masked_attention(query, key, value, valid, scale)
+    so keys and values are attended in place instead of being copied per query head.
+
+    Under a mask, sdpa's fused kernel runs one thread block per (row, KV head) over all the keys; below
+    :data:`FUSED_MASKED_ROWS` such pairs that leaves most of a GPU idle, and
+    :func:`infokv.kernels.decode_attention.masked_attention`, whose batched products split the keys too,
+    is faster (an H200 at 32K tokens: faster for 1 row × 8 KV heads, slower for 16 × 8)."""
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
+    if valid is not None and query.is_cuda and batch * kv_heads < FUSED_MASKED_ROWS:
+        scale = dim**-0.5 if scaling is None else scaling
+        return decode_attention.masked_attention(query, key, value, valid, scale)
     grouped = query.reshape(batch, kv_heads, query_heads // kv_heads, dim)
-    output = F.scaled_dot_product_attention(grouped, key, value, scale=scaling)
+    mask = None if valid is None else (valid if valid.ndim == 3 else valid[:, None, :])[:, :, None, :]
+    output = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
     return output.reshape(batch, query_heads, 1, dim)
 
 

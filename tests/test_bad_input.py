@@ -109,6 +109,7 @@ def source(name: str) -> str:
 def cli_cases() -> list[Case]:
     """The ``infokv-run`` table; ``{data}``, ``{model}`` and ``{tmp}`` in overrides are filled in per run."""
     decode = ["scenario=decode", "method=rpc"]
+    decode_infokv = ["scenario=decode", "method=infokv"]
     return [
         # -- ran and exited 0 with wrong or empty results
         Case("limit_0", ["benchmark.limit=0"], "benchmark.limit 0 is not allowed; use an integer >= 1"),
@@ -205,6 +206,12 @@ def cli_cases() -> list[Case]:
         Case("max_new_tokens_0", ["max_new_tokens=0"], "max_new_tokens 0 is not allowed"),
         Case("compress_every", [*decode, "scenario.compress_every=0"], "scenario.compress_every 0"),
         Case("fidelity_tokens", [*decode, "scenario.fidelity_tokens=0"], "scenario.fidelity_tokens 0"),
+        Case("never_compressed", [*decode, "max_new_tokens=8"], "compress_every 1024 exceeds max_new_tokens"),
+        Case(
+            "ratio_never_binds",
+            [*decode_infokv, "budget=0.125", "scenario.compress_every=64", "max_new_tokens=99"],
+            "methods.infokv: infokv's window of 64 entries exceeds the 8 that ratio 0.125 keeps of 64",
+        ),
         Case(
             "compress_prompt", [*decode, "scenario.compress_prompt=maybe"], "scenario.compress_prompt 'maybe'"
         ),

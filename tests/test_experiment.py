@@ -45,7 +45,8 @@ def cli(*arguments: str) -> list[str]:
 @pytest.mark.parametrize("name", methods.available())
 def test_method_configs_compose_to_the_dataclass_defaults(name):
     scenario = "prefill" if "prefill" in methods.get(name).phases else "decode"
-    assert check_job(config(f"method={name}", f"scenario={scenario}")).methods == {name: methods.get(name)}
+    job = check_job(config(f"method={name}", f"scenario={scenario}", "max_new_tokens=2048"))
+    assert job.methods == {name: methods.get(name)}
 
 
 def test_every_config_group_option_resolves_and_names_real_code():
@@ -56,7 +57,7 @@ def test_every_config_group_option_resolves_and_names_real_code():
         assert config(f"model={path.stem}").model.dtype in ("auto", "float32", "bfloat16", "float16")
     for scenario in ("prefill", "decode"):
         method = "snapkv" if scenario == "prefill" else "rpc"
-        check_job(config(f"scenario={scenario}", f"method={method}"))
+        check_job(config(f"scenario={scenario}", f"method={method}", "max_new_tokens=2048"))
 
 
 def test_cfg_job_prints_the_resolved_config():

@@ -17,6 +17,7 @@ fixed-shape slots; there finished rows idle until every row is done.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,30 @@ def decode_target(compression: DecodeCompression, generated: int, prompt_length:
     if compression.compress_prompt:
         return method.decode_target(prompt_length + generated, compression.ratio, method.sink + method.window)
     return method.decode_target(generated, compression.ratio, method.window)
+
+
+def check_effect(compression: DecodeCompression, max_new_tokens: int, key: str) -> None:
+    """One-line error where ``compression`` would leave a run of ``max_new_tokens`` new tokens as it is: no
+    compression falls within the run, or the method's floor (its window, always kept) exceeds what the
+    ratio keeps at the run's last compression, and so at every compression: every such ratio gives the
+    same cache. Decoding without
+    ``compress_prompt`` only: with it, the floor is weighed against the prompt too."""
+    every, ratio = compression.every, compression.ratio
+    if every > max_new_tokens:
+        raise ValueError(
+            f"{key}: compress_every {every} exceeds max_new_tokens {max_new_tokens}, so nothing would be "
+            "compressed; lower scenario.compress_every or raise max_new_tokens"
+        )
+    if compression.compress_prompt:
+        return
+    method, last = compression.method, max_new_tokens // every * every
+    kept = decode_target(compression, last, 0)
+    if kept == method.decode_target(last, 0.0, method.window) and kept > math.ceil(last * ratio):
+        raise ValueError(
+            f"{key}: {method.name}'s window of {method.window} entries exceeds the "
+            f"{math.ceil(last * ratio)} that ratio {ratio:g} keeps of {last} generated tokens, so the ratio "
+            "would never bind; lower the method's window or raise max_new_tokens"
+        )
 
 
 def _compress_rows(

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from infokv import methods
 from infokv.engine.config_values import choice, integer, number, optional_integer, reject, text
+from infokv.engine.decoding import check_effect
 from infokv.engine.sweep import COMPRESS_MODES, Setting, build_settings, generate_sweep
 from infokv.eval import benchmarks
 from infokv.eval.configs import method_schema, options_schema, typed
@@ -152,6 +153,9 @@ def check_job(cfg: DictConfig) -> Job:
         settings += [
             JobSetting(label, setting) for setting in dict.fromkeys(build_settings(specs, **decoding))
         ]
+    for job_setting in settings:
+        if job_setting.setting.decode is not None and job_setting.compressor.evicts:
+            check_effect(job_setting.setting.decode, cfg.max_new_tokens, f"methods.{job_setting.method}")
     shard = cfg.shard
     if shard.count < 1:
         raise ValueError(f"shard {shard.index}/{shard.count}: count must be an integer >= 1")

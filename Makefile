@@ -57,6 +57,7 @@ bench:
 reproduce-table: venv model
 	$(BIN)/infokv-run experiment=$(SIZE)_prefill launcher=$(LAUNCHER)
 	$(BIN)/infokv-run experiment=$(SIZE)_decode launcher=$(LAUNCHER)
+	if [ "$(SIZE)" = small ]; then $(BIN)/infokv-run experiment=small_headline launcher=$(LAUNCHER); fi
 	$(BIN)/python experiments/reproduce_table.py --size $(SIZE) --runs $(RUNS)
 
 # InfoKV - SnapKV across alpha and the entropy position on the embedded model (offline, CPU): runs,

@@ -118,6 +118,7 @@ def test_a_job_of_several_methods_and_variants_checks_each_entry():
 def test_presets_run_their_methods_in_one_job_per_prefill():
     for preset, jobs in {
         "small_prefill": 2,
+        "small_headline": 2,
         "paper_prefill": 12,
         "small_decode": 1,
         "paper_decode": 6,

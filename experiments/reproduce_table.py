@@ -3,7 +3,8 @@
     python experiments/reproduce_table.py [--size paper|small] [--runs runs] [--results results]
 
 Reads every run below ``<runs>/<size>_prefill`` and ``<runs>/<size>_decode`` (written by
-``infokv-run experiment=<size>_prefill`` / ``<size>_decode``; ``make reproduce-table`` runs both), and
+``infokv-run experiment=<size>_prefill`` / ``<size>_decode``, and ``small_headline``, whose runs sit
+beside small_prefill's; ``make reproduce-table`` runs them all), and
 writes ``<results>/tables/<size>.csv`` (long form, per scenario, model, benchmark, method, budget and
 CoT/direct: n, accuracy and agreement with the full cache with their 95% intervals, the paired
 differences with the full cache and of InfoKV with SnapKV, and the samples a 5-point difference would

@@ -75,6 +75,8 @@ def test_generation_is_deterministic_by_seed(smollm_tokenizer, module):
     assert first == again
     assert [s.answer for s in first] != [s.answer for s in other]
     assert module.load(tokens=1024, tokenizer=smollm_tokenizer, count=3, seed=5, limit=2) == first[:2]
+    longer = module.load(tokens=1024, tokenizer=smollm_tokenizer, count=3, seed=5, limit=4)
+    assert longer[:3] == first and len(longer) == 4  # a limit beyond count generates more, never fewer
 
 
 def test_local_files_and_bad_records(tmp_path):

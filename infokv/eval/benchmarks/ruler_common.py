@@ -93,14 +93,15 @@ def load_generated(
     tokenizer: PreTrainedTokenizerBase | None,
     generate: Callable[[int], Sample],
 ) -> list[Sample]:
-    """``count`` (at most ``limit``) samples ``generate(0), generate(1), ...`` ("generator" / "auto"), or
-    the records of a local file."""
+    """Samples ``generate(0), generate(1), ...`` ("generator" / "auto"): ``limit`` of them, or ``count``
+    without a limit (a generator has no end, so a limit is never cut to ``count``); or the records of a
+    local file."""
     if not isinstance(count, int) or count < 1:
         raise ValueError(f"{name}: count {count!r} must be a positive integer")
 
     def generated(limit: int | None) -> list[Sample]:
         if tokenizer is None:
             raise ValueError(f"{name}: the generator measures length in the model's tokens; pass tokenizer=")
-        return [generate(index) for index in range(min(count, limit or count))]
+        return [generate(index) for index in range(count if limit is None else limit)]
 
     return load_from(name, source, limit, {"generator": generated}, _local)

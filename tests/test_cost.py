@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from infokv.eval import cli, runner
-from infokv.eval.cost import RATES, Rates, Workload, estimate, reference_architecture
+from infokv.eval.cost import RATES, Rates, Workload, decode_seconds, estimate, reference_architecture
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +58,22 @@ def test_one_method_per_job_costs_more_than_sharing_the_prefill():
     summary = cost.summary()
     assert summary["prefills"] == 10 and summary["prefills_one_method_per_job"] == 30
     assert summary["generated_tokens_at_most"] == 10 * 5 * 256
+
+
+def test_fidelity_adds_an_answer_forward_per_prefill_setting_and_a_forced_decode_per_decode_setting():
+    reference = reference_architecture()
+    rates = Rates.read(RATES, reference)
+    common = {"samples": 4, "prompt_tokens": 32768, "draws": 1, "batch_size": 4, "max_new_tokens": 256}
+    prefill = [("full", 1.0, 0.0), ("snapkv", 0.2, 0.0), ("infokv", 0.2, 0.0)]
+    without = estimate(Workload(**common, settings=prefill), rates, reference).seconds
+    measured = estimate(Workload(**common, settings=prefill, fidelity_steps=256), rates, reference).seconds
+    assert without < measured < 1.05 * without  # 256 answer tokens beside a 32K prompt: a few percent
+    decoding = [("full", 1.0, 0.0), ("rpc", 1.0, 0.25)]
+    work = Workload(**common, settings=decoding, compress_every=64)
+    plain = estimate(work, rates, reference).seconds
+    work.fidelity_steps = 256  # every step forced again, by the compressing rows and the full ones
+    forced = estimate(work, rates, reference).seconds
+    assert forced - plain == pytest.approx(decode_seconds(work, decoding, rates, reference))
 
 
 @pytest.mark.parametrize(("preset", "jobs"), [("paper_prefill", 12), ("paper_decode", 6)])

@@ -16,7 +16,11 @@ The estimate scales the H200 measurements of ``scripts/bench.py`` (Llama-3.1-8B'
   least squares to every measured ``decode_tokens_per_second`` (t = batch / rate), with W scaled by
   the weight bytes and c by the KV bytes per entry of the architecture;
 * a row's mean entries: the prefill kept for the budget plus half the new tokens; when decoding
-  compresses to ratio ρ every k tokens, the prompt plus ρ·G/2 + k/2.
+  compresses to ratio ρ every k tokens, the prompt plus ρ·G/2 + k/2;
+* fidelity to the full cache (on by default, :mod:`infokv.engine.fidelity`): in the prefill scenario one
+  forward of the answer (up to ``max_new_tokens`` tokens) per evicting setting and sample, costed as a
+  prefill of that many tokens; in the decode scenario a second, teacher-forced decode of up to
+  ``fidelity_tokens`` steps by the settings that compress while decoding and the full cache.
 
 Where the data cannot be read offline (a hub benchmark), the sample count and prompt length are the
 benchmark's published size and ``options.tokens`` (:data:`NOMINAL`), flagged as nominal; prompt
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +70,7 @@ class Workload:
     settings: list[tuple[str, float, float]]  # (method label, kept share of the prompt, decode ratio or 0)
     names: dict[str, str] = field(default_factory=dict)  # method label -> method name
     compress_every: int = 0
+    fidelity_steps: int = 0  # answer tokens teacher-forced per measured setting (0: fidelity off)
     overheads: dict[tuple[str, float], float] = field(default_factory=dict)  # (label, kept) -> extra share
     notes: list[str] = field(default_factory=list)
 
@@ -183,6 +189,21 @@ def decode_seconds(work: Workload, settings: Sequence[tuple[str, float, float]],
     return batches * generated * rates.step_seconds(entries, arch)
 
 
+def fidelity_seconds(work: Workload, settings, rates: Rates, arch: Architecture) -> float:
+    """The fidelity passes of ``settings``: a forward of the answer per evicting prefill setting, and a
+    forced decode of ``fidelity_steps`` steps by the decode-compressing settings and the full cache."""
+    if not work.fidelity_steps:
+        return 0.0
+    answer = work.fidelity_steps
+    evicting = sum(1 for _, kept, ratio in settings if kept < 1.0 and not ratio)
+    forward = work.samples * work.draws * evicting * rates.prefill_seconds(answer, arch)
+    compressing = [setting for setting in settings if setting[2]]
+    if not compressing:
+        return forward
+    forced = Workload(**{**dataclasses.asdict(work), "max_new_tokens": answer})
+    return forward + decode_seconds(forced, [*compressing, ("full", 1.0, 0.0)], rates, arch)
+
+
 def prefill_seconds(work: Workload, settings, rates: Rates, arch: Architecture) -> float:
     """One prefill per sample, plus each evicting setting's compression overhead."""
     extra = sum(work.overheads.get((label, kept), 0.0) for label, kept, _ in settings)
@@ -220,17 +241,16 @@ def estimate(work: Workload, rates: Rates | None, arch: Architecture | None) -> 
     """GPU-seconds of ``work`` as one job, and as one job per method (each with its own prefill)."""
     if rates is None or arch is None or work.samples == 0:
         return JobCost(work, None, None)
-    together = prefill_seconds(work, work.settings, rates, arch) + decode_seconds(
-        work, work.settings, rates, arch
-    )
+
+    def seconds(settings) -> float:
+        return sum(
+            part(work, settings, rates, arch) for part in (prefill_seconds, decode_seconds, fidelity_seconds)
+        )
+
     by_method: dict[str, list] = {}
     for setting in work.settings:
         by_method.setdefault(setting[0], []).append(setting)
-    apart = sum(
-        prefill_seconds(work, group, rates, arch) + decode_seconds(work, group, rates, arch)
-        for group in by_method.values()
-    )
-    return JobCost(work, together, apart)
+    return JobCost(work, seconds(work.settings), sum(seconds(group) for group in by_method.values()))
 
 
 def job_cost(cfg: DictConfig, rates_path: Path = RATES) -> JobCost:
@@ -274,8 +294,18 @@ def workload(cfg: DictConfig, job: Job) -> Workload:
         settings=settings,
         names=names,
         compress_every=int(OmegaConf.select(cfg, "scenario.compress_every", default=0) or 0),
+        fidelity_steps=_fidelity_steps(cfg),
         notes=notes,
     )
+
+
+def _fidelity_steps(cfg: DictConfig) -> int:
+    """Answer tokens the job teacher-forces per measured setting: 0 without fidelity, else
+    ``max_new_tokens`` or, in the decode scenario, at most ``fidelity_tokens``."""
+    if not cfg.scenario.fidelity:
+        return 0
+    limit = OmegaConf.select(cfg, "scenario.fidelity_tokens", default=None)
+    return int(cfg.max_new_tokens if limit is None else min(limit, cfg.max_new_tokens))
 
 
 @contextlib.contextmanager

@@ -96,8 +96,8 @@ def check_effect(compression: DecodeCompression, max_new_tokens: int, key: str) 
     """One-line error where ``compression`` would leave a run of ``max_new_tokens`` new tokens as it is: no
     compression falls within the run, or the method's floor (its window, always kept) exceeds what the
     ratio keeps at the run's last compression, and so at every compression: every such ratio gives the
-    same cache. Decoding without
-    ``compress_prompt`` only: with it, the floor is weighed against the prompt too."""
+    same cache. The floor is checked without ``compress_prompt`` only: with it, the floor is weighed
+    against the prompt too."""
     every, ratio = compression.every, compression.ratio
     if every > max_new_tokens:
         raise ValueError(

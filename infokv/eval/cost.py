@@ -200,7 +200,7 @@ def fidelity_seconds(work: Workload, settings, rates: Rates, arch: Architecture)
     compressing = [setting for setting in settings if setting[2]]
     if not compressing:
         return forward
-    forced = Workload(**{**dataclasses.asdict(work), "max_new_tokens": answer})
+    forced = dataclasses.replace(work, max_new_tokens=answer)
     return forward + decode_seconds(forced, [*compressing, ("full", 1.0, 0.0)], rates, arch)
 
 

@@ -154,7 +154,7 @@ def _single_query_attention(
     Under a mask, sdpa's fused kernel runs one thread block per (row, KV head) over all the keys; below
     :data:`FUSED_MASKED_ROWS` such pairs that leaves most of a GPU idle, and
     :func:`infokv.kernels.decode_attention.masked_attention`, whose batched products split the keys too,
-    is faster (an H200 at 32K tokens: faster for 1 row × 8 KV heads, slower for 16 × 8)."""
+    is faster; from there on the fused kernel is."""
     batch, query_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     if valid is not None and query.is_cuda and batch * kv_heads < FUSED_MASKED_ROWS:
